@@ -1,0 +1,1 @@
+"""Sora model: pure model code, shared by offline training and the inference service."""

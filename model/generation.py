@@ -1,0 +1,218 @@
+"""Greedy, sampling and beam-search generation over `Sora.decode_step` with a KV cache.
+
+`generate` decodes a batch of sources with one set of settings; rows finish on their
+own (eos or length) and leave the batch, so short outputs do not pay for long ones.
+The serving engine reuses the same pieces (`sampling`, `BeamSearch`) with per-request
+settings in one shared batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from model.sampling import DecodingParams, SamplingBatch, choose, constrain
+from model.sora import Sora
+from model.tokenizer import SoraTokenizer
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    logprob: float  # sum of the chosen tokens' log-probabilities
+    finish_reason: str  # "eos" | "length"
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, device: torch.device) -> Tensor:
+    """Right-pad token lists into a (batch, max_len) long tensor."""
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out.to(device)
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    logprob: float
+    score: float
+    finish_reason: str
+
+
+@dataclass
+class BeamSearch:
+    """Beam search for one source occupying `beam_size` consecutive batch rows."""
+
+    params: DecodingParams
+    eos_id: int
+    beams: list[list[int]] = field(default_factory=list)
+    scores: Tensor | None = None  # (beam,) running log-probabilities
+    finished: list[Hypothesis] = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        k = self.params.beam_size
+        self.beams = [[] for _ in range(k)]
+        # Only the first beam is live at the start, so the k copies do not tie.
+        self.scores = torch.full((k,), float("-inf"))
+        self.scores[0] = 0.0
+
+    def _final_score(self, logprob: float, length: int) -> float:
+        return logprob / max(length, 1) ** self.params.length_penalty
+
+    def step(self, logprobs: Tensor) -> tuple[list[int], list[int]]:
+        """logprobs: (beam, vocab) constrained log-probabilities for this step.
+        Returns (parent beam, token) for each of the next step's beams."""
+        k = self.params.beam_size
+        assert self.scores is not None
+        step = len(self.beams[0]) + 1
+        total = (self.scores.to(logprobs.device)[:, None] + logprobs.float()).flatten()
+        top_scores, top_idx = total.topk(min(2 * k, total.numel()))
+        vocab = logprobs.shape[1]
+        parents: list[int] = []
+        tokens: list[int] = []
+        new_scores: list[float] = []
+        for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+            if score == float("-inf"):
+                break
+            parent, token = divmod(idx, vocab)
+            seq = [*self.beams[parent], token]
+            if token == self.eos_id and not self.params.ignore_eos:
+                self.finished.append(
+                    Hypothesis(seq, score, self._final_score(score, len(seq)), "eos")
+                )
+                continue
+            if step >= self.params.max_new_tokens:
+                self.finished.append(
+                    Hypothesis(seq, score, self._final_score(score, len(seq)), "length")
+                )
+                continue
+            parents.append(parent)
+            tokens.append(token)
+            new_scores.append(score)
+            if len(parents) == k:
+                break
+        if not parents:
+            self.done = True
+            return [0] * k, [self.eos_id] * k
+        best_live = new_scores[0]
+        if len(self.finished) >= k:
+            best_done = max(h.score for h in self.finished)
+            # With early stopping, k finished hypotheses end the search; otherwise stop
+            # once no live beam can still beat the best finished one.
+            if self.params.early_stopping or best_done >= self._final_score(
+                best_live, self.params.max_new_tokens
+            ):
+                self.done = True
+        # Pad to k rows so the group keeps its shape; padded beams are dead (-inf).
+        while len(parents) < k:
+            parents.append(parents[0])
+            tokens.append(tokens[0])
+            new_scores.append(float("-inf"))
+        self.beams = [[*self.beams[p], t] for p, t in zip(parents, tokens, strict=True)]
+        self.scores = torch.tensor(new_scores)
+        return parents, tokens
+
+    def best(self) -> Hypothesis:
+        candidates = list(self.finished)
+        if not candidates and self.scores is not None:
+            s = float(self.scores[0])
+            candidates.append(
+                Hypothesis(self.beams[0], s, self._final_score(s, len(self.beams[0])), "length")
+            )
+        return max(candidates, key=lambda h: h.score)
+
+
+@torch.inference_mode()
+def generate(
+    model: Sora,
+    tokenizer: SoraTokenizer,
+    sources: list[list[int]],
+    params: DecodingParams,
+) -> list[GenerationResult]:
+    """Decode every source (already tokenized, with task prefix and eos)."""
+    if not sources:
+        return []
+    if params.strategy == "beam":
+        return [_beam(model, tokenizer, src, params) for src in sources]
+    device = model.embed.weight.device
+    cfg = model.config
+    n = len(sources)
+    cache = model.prefill(pad_batch(sources, cfg.pad_id, device), capacity=params.max_new_tokens)
+    sampling = SamplingBatch.from_params([params] * n, device)
+    rows = torch.arange(n, device=device)  # original index of each live row
+    generated = torch.full((n, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
+    logprob = torch.zeros(n, device=device)
+    n_gen = torch.zeros(n, dtype=torch.long, device=device)
+    tokens = torch.full((n,), cfg.bos_id, dtype=torch.long, device=device)
+    out_len = [0] * n
+    reason = ["length"] * n
+    out_tokens = torch.full_like(generated, cfg.pad_id)
+    out_logprob = torch.zeros(n, device=device)
+    while rows.numel():
+        logits = model.decode_step(tokens, cache).float()
+        logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        tokens, lp = choose(logits, sampling)
+        generated[torch.arange(rows.numel(), device=device), n_gen] = tokens
+        logprob += lp
+        n_gen += 1
+        is_eos = (tokens == cfg.eos_id) & ~sampling.ignore_eos
+        done = is_eos | (n_gen >= sampling.max_new_tokens)
+        if not bool(done.any()):
+            continue
+        for i in done.nonzero().flatten().tolist():
+            r = int(rows[i])
+            length = int(n_gen[i]) - int(is_eos[i])
+            out_tokens[r] = generated[i]
+            out_len[r] = length
+            out_logprob[r] = logprob[i]
+            reason[r] = "eos" if bool(is_eos[i]) else "length"
+        keep = (~done).nonzero().flatten()
+        if not keep.numel():
+            break
+        rows, tokens, generated = rows[keep], tokens[keep], generated[keep]
+        logprob, n_gen = logprob[keep], n_gen[keep]
+        sampling = sampling.select(keep)
+        cache = cache.select(keep)
+    token_lists = [out_tokens[r, : out_len[r]].tolist() for r in range(n)]
+    texts = tokenizer.decode_batch(token_lists)
+    return [
+        GenerationResult(t, text, float(out_logprob[r]), reason[r])
+        for r, (t, text) in enumerate(zip(token_lists, texts, strict=True))
+    ]
+
+
+def _beam(
+    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams
+) -> GenerationResult:
+    device = model.embed.weight.device
+    cfg = model.config
+    k = params.beam_size
+    src = pad_batch([source], cfg.pad_id, device)
+    cache = model.prefill(src, capacity=params.max_new_tokens).select(
+        torch.zeros(k, dtype=torch.long, device=device)
+    )
+    sampling = SamplingBatch.from_params([params] * k, device)
+    search = BeamSearch(params, cfg.eos_id)
+    tokens = torch.full((k,), cfg.bos_id, dtype=torch.long, device=device)
+    generated = torch.full((k, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
+    n_gen = torch.zeros(k, dtype=torch.long, device=device)
+    while not search.done:
+        logits = model.decode_step(tokens, cache).float()
+        logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        parents, next_tokens = search.step(logits.log_softmax(dim=-1))
+        if search.done:
+            break
+        index = torch.tensor(parents, device=device)
+        cache = cache.select(index)
+        generated = generated[index]
+        generated[:, int(n_gen[0])] = torch.tensor(next_tokens, device=device)
+        n_gen += 1
+        tokens = torch.tensor(next_tokens, device=device)
+    best = search.best()
+    ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+    return GenerationResult(ids, tokenizer.decode(ids), best.logprob, best.finish_reason)

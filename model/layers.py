@@ -1,0 +1,145 @@
+"""Transformer building blocks: attention, feed-forward, encoder and decoder layers.
+
+Pre-LayerNorm blocks. Attention runs through `scaled_dot_product_attention`; boolean
+masks are True where a key may be attended to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.cache import KVCache
+from model.config import SoraConfig
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
+    """(n_positions, dim) fixed positional encodings (Vaswani et al.)."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)
+    return table
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    # (batch, len, d_model) -> (batch, heads, len, head_dim)
+    b, t, d = x.shape
+    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    # (batch, heads, len, head_dim) -> (batch, len, d_model)
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection."""
+
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
+        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and mask is None
+        )
+        return self.out(merge_heads(y))
+
+    def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
+        """One new token per row: write its key/value at `slot`, attend to slots <= slot."""
+        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        keys, values = cache.self_k[layer], cache.self_v[layer]
+        keys[:, :, slot] = k[:, :, 0]
+        values[:, :, slot] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(
+            q, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=cache.self_mask(slot + 1)
+        )
+        return self.out(merge_heads(y))
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention; keys/values are projected once per source."""
+
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.q = nn.Linear(config.d_model, config.d_model)
+        self.kv = nn.Linear(config.d_model, 2 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = (split_heads(t, self.n_heads) for t in self.kv(memory).chunk(2, dim=-1))
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        q = split_heads(self.q(x), self.n_heads)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.out(merge_heads(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_ff)
+        self.down = nn.Linear(config.d_ff, config.d_model)
+        self.act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(self.act(self.up(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.self_attn = SelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.cross_attn = CrossAttention(config)
+        self.norm3 = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None
+    ) -> Tensor:
+        """Teacher-forced pass over whole target sequences (training, scoring)."""
+        x = x + self.dropout(self.self_attn(self.norm1(x), self_mask, causal=True))
+        k, v = self.cross_attn.project_memory(memory)
+        x = x + self.dropout(self.cross_attn(self.norm2(x), k, v, cross_mask))
+        return x + self.dropout(self.ffn(self.norm3(x)))
+
+    def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
+        """Incremental pass for one token per row. x: (batch, 1, d_model)."""
+        x = x + self.self_attn.step(self.norm1(x), cache, layer, slot)
+        x = x + self.cross_attn(
+            self.norm2(x), cache.cross_k[layer], cache.cross_v[layer], cache.cross_mask()
+        )
+        return x + self.ffn(self.norm3(x))

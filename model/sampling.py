@@ -1,0 +1,191 @@
+"""Choosing the next token for a batch of rows whose decoding settings differ.
+
+Per-row settings (temperature, top-k, top-p, minimum length, eos handling) live in
+tensors built once when the batch changes, so a decode step is a handful of batched
+tensor ops rather than a Python loop over rows. Only seeded sampling and n-gram
+blocking touch rows one by one, and only the rows that asked for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Strategy = Literal["greedy", "sample", "beam"]
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingParams:
+    """How one request is decoded. Validated on construction; errors name the field."""
+
+    strategy: Strategy = "greedy"
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    seed: int | None = None
+    beam_size: int = 4
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    no_repeat_ngram_size: int = 0  # 0 = off
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            err = ValueError(f"{name}: {why}")
+            err.field = name  # type: ignore[attr-defined]
+            return err
+
+        if self.strategy not in ("greedy", "sample", "beam"):
+            raise bad("strategy", "must be one of greedy, sample, beam")
+        if self.max_new_tokens < 1:
+            raise bad("max_new_tokens", "must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise bad("min_new_tokens", "must be between 0 and max_new_tokens")
+        if not self.temperature > 0:
+            raise bad("temperature", "must be > 0")
+        if self.top_k < 0:
+            raise bad("top_k", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "must be in (0, 1]")
+        if self.strategy == "beam" and not 1 <= self.beam_size <= 16:
+            raise bad("beam_size", "must be between 1 and 16")
+        if self.no_repeat_ngram_size < 0:
+            raise bad("no_repeat_ngram_size", "must be >= 0")
+
+    @property
+    def rows(self) -> int:
+        """Batch rows this request occupies while decoding."""
+        return self.beam_size if self.strategy == "beam" else 1
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row decoding settings as tensors, kept aligned with the cache's rows."""
+
+    temperature: Tensor  # (batch,) float
+    top_k: Tensor  # (batch,) long, 0 = off
+    top_p: Tensor  # (batch,) float, 1 = off
+    do_sample: Tensor  # (batch,) bool
+    min_new_tokens: Tensor  # (batch,) long
+    max_new_tokens: Tensor  # (batch,) long
+    ignore_eos: Tensor  # (batch,) bool
+    no_repeat: list[int]  # per row n-gram size (0 = off)
+    generators: list[torch.Generator | None]  # per row, seeded sampling only
+
+    @classmethod
+    def from_params(cls, params: list[DecodingParams], device: torch.device) -> SamplingBatch:
+        gens: list[torch.Generator | None] = []
+        for p in params:
+            g = None
+            if p.strategy == "sample" and p.seed is not None:
+                g = torch.Generator(device=device)
+                g.manual_seed(p.seed)
+            gens.append(g)
+        return cls(
+            temperature=torch.tensor([p.temperature for p in params], device=device),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            do_sample=torch.tensor([p.strategy == "sample" for p in params], device=device),
+            min_new_tokens=torch.tensor([p.min_new_tokens for p in params], device=device),
+            max_new_tokens=torch.tensor([p.max_new_tokens for p in params], device=device),
+            ignore_eos=torch.tensor([p.ignore_eos for p in params], device=device),
+            no_repeat=[p.no_repeat_ngram_size for p in params],
+            generators=gens,
+        )
+
+    def select(self, index: Tensor) -> SamplingBatch:
+        rows = index.tolist()
+        return SamplingBatch(
+            temperature=self.temperature[index],
+            top_k=self.top_k[index],
+            top_p=self.top_p[index],
+            do_sample=self.do_sample[index],
+            min_new_tokens=self.min_new_tokens[index],
+            max_new_tokens=self.max_new_tokens[index],
+            ignore_eos=self.ignore_eos[index],
+            no_repeat=[self.no_repeat[i] for i in rows],
+            generators=[self.generators[i] for i in rows],
+        )
+
+    @staticmethod
+    def concat(batches: list[SamplingBatch]) -> SamplingBatch:
+        return SamplingBatch(
+            temperature=torch.cat([b.temperature for b in batches]),
+            top_k=torch.cat([b.top_k for b in batches]),
+            top_p=torch.cat([b.top_p for b in batches]),
+            do_sample=torch.cat([b.do_sample for b in batches]),
+            min_new_tokens=torch.cat([b.min_new_tokens for b in batches]),
+            max_new_tokens=torch.cat([b.max_new_tokens for b in batches]),
+            ignore_eos=torch.cat([b.ignore_eos for b in batches]),
+            no_repeat=[n for b in batches for n in b.no_repeat],
+            generators=[g for b in batches for g in b.generators],
+        )
+
+
+def banned_ngram_tokens(history: Tensor, n: int) -> Tensor:
+    """Tokens that would repeat an n-gram already in `history` (1-D long tensor)."""
+    if n <= 0 or history.numel() < n:
+        return history.new_empty(0)
+    grams = history.unfold(0, n, 1)  # (num_ngrams, n)
+    match = (grams[:, :-1] == history[history.numel() - n + 1 :]).all(dim=1)
+    return grams[match, -1]
+
+
+def constrain(
+    logits: Tensor, batch: SamplingBatch, generated: Tensor, n_generated: Tensor, eos_id: int
+) -> Tensor:
+    """Mask tokens a row may not produce now: eos before min length or when ignored,
+    and n-gram repeats. logits: (batch, vocab) float; generated: (batch, steps)."""
+    block_eos = batch.ignore_eos | (n_generated < batch.min_new_tokens)
+    if bool(block_eos.any()):
+        logits[:, eos_id] = logits[:, eos_id].masked_fill(block_eos, NEG_INF)
+    for row, n in enumerate(batch.no_repeat):
+        if n:
+            banned = banned_ngram_tokens(generated[row, : int(n_generated[row])], n)
+            if banned.numel():
+                logits[row, banned] = NEG_INF
+    return logits
+
+
+def warp(logits: Tensor, batch: SamplingBatch) -> Tensor:
+    """Temperature, top-k and top-p filtering for the sampling rows."""
+    logits = logits / batch.temperature[:, None]
+    if bool((batch.top_k > 0).any()):
+        vocab = logits.shape[-1]
+        k = torch.where(batch.top_k > 0, batch.top_k.clamp(max=vocab), vocab)
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if bool((batch.top_p < 1).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (keep at least one).
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= batch.top_p[:, None]
+        drop_sorted &= (batch.top_p < 1)[:, None]
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, NEG_INF)
+    return logits
+
+
+def choose(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
+    """Next token and its log-probability for each row. logits: (batch, vocab) float,
+    already constrained. Greedy rows take the argmax; sampling rows draw."""
+    logprobs = logits.log_softmax(dim=-1)
+    tokens = logprobs.argmax(dim=-1)
+    if bool(batch.do_sample.any()):
+        sample_rows = batch.do_sample.nonzero().flatten()
+        probs = warp(logits[sample_rows], batch.select(sample_rows)).softmax(dim=-1)
+        unseeded = [i for i, r in enumerate(sample_rows.tolist()) if batch.generators[r] is None]
+        if unseeded:
+            idx = torch.tensor(unseeded, device=logits.device)
+            tokens[sample_rows[idx]] = torch.multinomial(probs[idx], 1).flatten()
+        for i, r in enumerate(sample_rows.tolist()):
+            g = batch.generators[r]
+            if g is not None:
+                tokens[r] = torch.multinomial(probs[i], 1, generator=g)[0]
+    return tokens, logprobs.gather(1, tokens[:, None])[:, 0]

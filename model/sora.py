@@ -1,0 +1,169 @@
+"""The Sora encoder-decoder Transformer: encode() once, decode_step() per token."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.cache import KVCache
+from model.config import SoraConfig
+from model.layers import DecoderLayer, EncoderLayer, sinusoidal_table
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (batch, tgt_len, vocab)
+    loss: Tensor | None = None
+
+
+class Sora(nn.Module):
+    def __init__(self, config: SoraConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        self.embed_scale = math.sqrt(config.d_model)
+        n_pos = max(config.max_source_positions, config.max_target_positions)
+        self.register_buffer("pos_table", sinusoidal_table(n_pos, config.d_model), persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(config) for _ in range(config.n_encoder_layers)
+        )
+        self.encoder_norm = nn.LayerNorm(config.d_model)
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(config) for _ in range(config.n_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(config.d_model)
+        self.lm_head: nn.Linear | None = None
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        return self.dropout(self.embed(ids) * self.embed_scale + self.pos_table[positions])
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """Tied (or separate) output projection; softmax is left to the caller."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return F.linear(hidden, self.embed.weight)
+
+    def encode(self, src_ids: Tensor, src_valid: Tensor | None = None) -> Tensor:
+        """src_ids: (batch, src_len), right-padded. Returns (batch, src_len, d_model)."""
+        if src_ids.shape[1] > self.config.max_source_positions:
+            raise ValueError(
+                f"source has {src_ids.shape[1]} tokens; the model accepts at most "
+                f"{self.config.max_source_positions}"
+            )
+        if src_valid is None:
+            src_valid = src_ids != self.config.pad_id
+        positions = torch.arange(src_ids.shape[1], device=src_ids.device)
+        x = self._embed(src_ids, positions)
+        mask = None if bool(src_valid.all()) else src_valid[:, None, None, :]
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x)
+
+    # -- incremental decoding ----------------------------------------------------------
+
+    def new_cache(self, memory: Tensor, src_valid: Tensor, capacity: int = 32) -> KVCache:
+        """A cache for fresh rows: cross keys/values projected once, no tokens yet."""
+        b = memory.shape[0]
+        h, d = self.config.n_heads, self.config.head_dim
+        cross_k, cross_v = [], []
+        for layer in self.decoder_layers:
+            k, v = layer.cross_attn.project_memory(memory)
+            cross_k.append(k)
+            cross_v.append(v)
+        capacity = min(capacity, self.config.max_target_positions)
+        zeros = memory.new_zeros(b, h, capacity, d)
+        return KVCache(
+            self_k=[zeros.clone() for _ in self.decoder_layers],
+            self_v=[zeros.clone() for _ in self.decoder_layers],
+            self_valid=torch.zeros(b, capacity, dtype=torch.bool, device=memory.device),
+            length=0,
+            cross_k=cross_k,
+            cross_v=cross_v,
+            src_valid=src_valid,
+            positions=torch.zeros(b, dtype=torch.long, device=memory.device),
+            src_padded=not bool(src_valid.all()),
+        )
+
+    def prefill(self, src_ids: Tensor, capacity: int = 32) -> KVCache:
+        """Encode right-padded sources and return their decoder cache."""
+        src_valid = src_ids != self.config.pad_id
+        return self.new_cache(self.encode(src_ids, src_valid), src_valid, capacity)
+
+    def decode_step(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """tokens: (batch,) the last token of each row. Returns (batch, vocab) logits."""
+        if int(cache.positions.max()) >= self.config.max_target_positions:
+            raise ValueError(
+                f"target longer than max_target_positions ({self.config.max_target_positions})"
+            )
+        slot = cache.begin_step()
+        x = self._embed(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer.step(x, cache, i, slot)
+        cache.end_step()
+        return self.output_logits(self.decoder_norm(x[:, 0]))
+
+    # -- teacher forcing ---------------------------------------------------------------
+
+    def forward(
+        self,
+        src_ids: Tensor,
+        tgt_ids: Tensor,
+        labels: Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> ModelOutput:
+        """src_ids (batch, src_len), tgt_ids (batch, tgt_len) decoder inputs starting with
+        bos, both right-padded with pad_id; labels (batch, tgt_len) with -100 ignored."""
+        pad = self.config.pad_id
+        src_valid = src_ids != pad
+        memory = self.encode(src_ids, src_valid)
+        t = tgt_ids.shape[1]
+        if t > self.config.max_target_positions:
+            raise ValueError(
+                f"target has {t} tokens; the model accepts at most "
+                f"{self.config.max_target_positions}"
+            )
+        tgt_valid = tgt_ids != pad
+        tgt_valid[:, 0] = True  # bos may share pad's id in some vocabularies
+        x = self._embed(tgt_ids, torch.arange(t, device=tgt_ids.device))
+        self_mask = None
+        if not bool(tgt_valid.all()):
+            causal = torch.ones(t, t, dtype=torch.bool, device=tgt_ids.device).tril()
+            self_mask = causal[None, None] & tgt_valid[:, None, None, :]
+        cross_mask = None if bool(src_valid.all()) else src_valid[:, None, None, :]
+        for layer in self.decoder_layers:
+            x = layer(x, memory, self_mask, cross_mask)
+        logits = self.output_logits(self.decoder_norm(x))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=label_smoothing,
+            )
+        return ModelOutput(logits=logits, loss=loss)

@@ -1,0 +1,1 @@
+"""Offline training code: data, recipes, train loop, evaluation."""

@@ -1,0 +1,1 @@
+"""Offline data: the Debian DDTP builder and readers for user data files."""
