@@ -1,0 +1,542 @@
+"""One engine per loaded model: owns the device, batches every caller's requests.
+
+Front ends call `submit()`/`generate()` on the event loop; a dedicated thread runs
+`step()`: schedule (admit waiting sequences, drop cancelled/expired ones), execute (one
+prefill for the admitted, one decode step for the batch), update (deliver tokens,
+retire finished rows). The event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from model.checkpoint import Checkpoint
+from model.device import quantize_int8, resolve_device
+from model.sampling import DecodingParams
+from model.tokenizer import LANGUAGES, TASKS, TokenizerError
+from service.engine.batch import RunningBatch
+from service.engine.config import EngineConfig
+from service.engine.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    EngineError,
+    ExecutionError,
+    InputTooLong,
+    InvalidRequest,
+    Unavailable,
+)
+from service.engine.request import Completion, Job, Sequence, Status, StreamDelta, TaskInput
+from service.engine.runner import ModelRunner
+from service.engine.scheduler import Scheduler
+from service.engine.segment import SegmentTooLong, split_document
+from service.engine.stats import Listener, RequestStats, StepStats
+
+log = logging.getLogger(__name__)
+
+# Tokens the task prefix and eos add to a source (<task> <2xx> ... </s>).
+PREFIX_TOKENS = 3
+REAP_INTERVAL_S = 0.05
+
+
+class EngineState(enum.Enum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    tasks: tuple[str, ...]
+    languages: tuple[str, ...]
+    device: str
+    dtype: str
+    parameters: int
+    max_source_tokens: int
+    max_new_tokens: int
+    state: str
+
+
+class Engine:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        config: EngineConfig | None = None,
+        *,
+        name: str | None = None,
+        version: str = "1",
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.name = name or checkpoint.name
+        self.version = version
+        self.manifest = checkpoint.manifest
+        device, dtype = resolve_device(self.config.device, self.config.dtype)
+        model = checkpoint.model.to(device=device, dtype=dtype).eval()
+        if self.config.quantize_int8:
+            if device.type != "cpu":
+                raise ValueError("quantize_int8 is for CPU inference only")
+            model = quantize_int8(model)  # type: ignore[assignment]
+        self.device, self.dtype = device, dtype
+        self.tokenizer = checkpoint.tokenizer
+        self.runner = ModelRunner(model, self.tokenizer)
+        cfg = model.config
+        self.max_source_tokens = min(
+            self.config.max_source_tokens or cfg.max_source_positions, cfg.max_source_positions
+        )
+        self.max_new_tokens = min(self.config.max_new_tokens, cfg.max_target_positions)
+        self.scheduler = Scheduler(self.config)
+        self.state = EngineState.LOADING
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._batch: RunningBatch | None = None
+        self._listeners: list[Listener] = []
+        self._next_reap = 0.0
+        self._admit_cap: int | None = None  # lowered after an out-of-memory prefill
+        self._fresh: list[Sequence] = []  # admitted, waiting for their first token
+        self.parameters = sum(p.numel() for p in checkpoint.model.parameters())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called from the engine thread with every RequestStats/StepStats record."""
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
+
+    async def start(self) -> None:
+        """Start the engine thread and warm up (one short generation per task)."""
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+        self.state = EngineState.WARMING
+        if self.config.warmup:
+            await self._warmup()
+        self.state = EngineState.READY
+        log.info("engine %s:%s ready on %s (%s)", self.name, self.version, self.device, self.dtype)
+
+    async def _warmup(self) -> None:
+        params = DecodingParams(max_new_tokens=4)
+        inputs = [
+            TaskInput("translate", "Hello world.", target_lang="de"),
+            TaskInput("summarize", "A small tool that prints the current date and time."),
+            TaskInput("answer", "What is it?", context="It is a tool."),
+        ]
+        for inp in inputs:
+            await self._submit(inp, params, protocol="warmup", internal=True).result()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Stop admitting, let accepted work finish (up to `timeout`), then stop. Work
+        still unfinished at the timeout is failed with an error, never dropped."""
+        if self.state is EngineState.STOPPED:
+            return
+        self.state = EngineState.DRAINING
+        deadline = time.monotonic() + timeout
+        while (len(self.scheduler) or self._batch is not None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        leftover = self.scheduler.drain_all()
+        if self._batch is not None:
+            leftover.extend(self._batch.unique_seqs())
+            self._batch = None
+        for seq in leftover:
+            self._end_seq(seq, Status.ERROR, Unavailable("server shut down before completion"))
+        self.state = EngineState.STOPPED
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            tasks=tuple(self.manifest.get("tasks", TASKS)),
+            languages=tuple(self.manifest.get("languages", LANGUAGES)),
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            parameters=self.parameters,
+            max_source_tokens=self.max_source_tokens,
+            max_new_tokens=self.max_new_tokens,
+            state=self.state.value,
+        )
+
+    # -- submission (event loop) -------------------------------------------------------
+
+    def submit(
+        self,
+        task_input: TaskInput,
+        params: DecodingParams | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        protocol: str = "python",
+        stream: bool = False,
+        request_id: str | None = None,
+    ) -> Job:
+        """Validate, tokenize and queue a request. Raises EngineError subclasses at once
+        for bad input (InvalidRequest naming the field), a full queue (Overloaded) or
+        an engine that is not accepting work (Unavailable)."""
+        return self._submit(
+            task_input, params, priority=priority, timeout=timeout, protocol=protocol,
+            stream=stream, request_id=request_id,
+        )
+
+    async def generate(
+        self, task_input: TaskInput, params: DecodingParams | None = None, **kwargs: object
+    ) -> Completion:
+        """submit() and wait; cancelling the awaiting task cancels the request."""
+        job = self.submit(task_input, params, **kwargs)  # type: ignore[arg-type]
+        try:
+            return await job.result()
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+
+    def _submit(
+        self,
+        task_input: TaskInput,
+        params: DecodingParams | None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        protocol: str = "python",
+        stream: bool = False,
+        request_id: str | None = None,
+        internal: bool = False,
+    ) -> Job:
+        if not internal and self.state is not EngineState.READY:
+            raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
+        if params is None:
+            params = DecodingParams(max_new_tokens=self.config.default_max_new_tokens)
+        if params.max_new_tokens > self.max_new_tokens:
+            raise InvalidRequest(
+                f"max_new_tokens is {params.max_new_tokens}; the limit is {self.max_new_tokens}",
+                field="max_new_tokens",
+            )
+        if params.rows > self.config.max_batch_sequences:
+            raise InvalidRequest(
+                f"beam_size {params.rows} exceeds the batch limit "
+                f"{self.config.max_batch_sequences}",
+                field="beam_size",
+            )
+        if timeout is not None and timeout <= 0:
+            raise InvalidRequest("timeout must be positive", field="timeout")
+        job = Job(
+            task_input,
+            model=self.name,
+            version=self.version,
+            protocol=protocol,
+            priority=priority,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            stream=stream,
+            request_id=request_id,
+        )
+        for i, (source_ids, joiner) in enumerate(self._sources(task_input)):
+            seq = Sequence(job=job, index=i, source_ids=source_ids, params=params)
+            if seq.reserved_tokens > self.config.max_batch_tokens:
+                raise InputTooLong(
+                    f"input needs {seq.reserved_tokens} batch tokens (source + max_new_tokens"
+                    f" x rows); the limit is {self.config.max_batch_tokens}",
+                    field="max_new_tokens",
+                )
+            job.sequences.append(seq)
+            job.joiners.append(joiner)
+        self.scheduler.add(job.sequences)
+        with self._wake:
+            self._wake.notify()
+        return job
+
+    def _check_text(self, name: str, value: str | None, required: bool = True) -> str:
+        if value is None or not value.strip():
+            if required:
+                raise InvalidRequest(f"{name} must be a non-empty string", field=name)
+            return ""
+        if len(value) > self.config.max_input_chars:
+            raise InputTooLong(
+                f"{name} has {len(value)} characters; the limit is {self.config.max_input_chars}",
+                field=name,
+            )
+        return value
+
+    def _sources(self, inp: TaskInput) -> list[tuple[list[int], str]]:
+        """Encoder inputs for a request: one, or one per segment of a long document."""
+        tok = self.tokenizer
+        limit = self.max_source_tokens
+        if inp.task not in TASKS:
+            raise InvalidRequest(
+                f"unknown task {inp.task!r}; expected one of {', '.join(TASKS)}", field="task"
+            )
+        if inp.task == "translate":
+            if not inp.target_lang:
+                raise InvalidRequest("target_lang is required for translate", field="target_lang")
+            for name, lang in (("target_lang", inp.target_lang), ("source_lang", inp.source_lang)):
+                if lang is not None and lang not in LANGUAGES:
+                    raise InvalidRequest(
+                        f"unsupported language {lang!r}; supported: {', '.join(LANGUAGES)}",
+                        field=name,
+                    )
+        if inp.task == "answer":
+            question = self._check_text("question", inp.text)
+            context = self._check_text("context", inp.context, required=False)
+            ids = tok.source_ids("answer", question, context=context or None)
+            if len(ids) > limit:
+                raise InputTooLong(
+                    f"question and context have {len(ids)} tokens; the limit is {limit}",
+                    field="context" if context else "question",
+                )
+            return [(ids, "")]
+        text = self._check_text("text", inp.text)
+        try:
+            ids = tok.source_ids(inp.task, text, inp.target_lang)
+            if len(ids) <= limit:
+                return [(ids, "")]
+            segments = split_document(text, lambda s: len(tok.encode(s)), limit - PREFIX_TOKENS)
+        except TokenizerError as e:
+            raise InvalidRequest(str(e), field="text") from e
+        except SegmentTooLong as e:
+            raise InputTooLong(str(e), field="text") from e
+        if len(segments) > self.config.max_segments:
+            raise InputTooLong(
+                f"text splits into {len(segments)} segments; the limit is "
+                f"{self.config.max_segments}",
+                field="text",
+            )
+        return [(tok.source_ids(inp.task, s.text, inp.target_lang), s.joiner) for s in segments]
+
+    # -- the engine thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and self._batch is None and not len(self.scheduler):
+                    self._wake.wait(timeout=REAP_INTERVAL_S)
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug in bookkeeping must not kill the engine
+                log.exception("engine step failed; failing the running batch")
+                self._fail_batch(ExecutionError("internal engine error"))
+
+    def step(self) -> None:
+        """schedule, execute, update."""
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._reap_waiting(now)
+            self._next_reap = now + REAP_INTERVAL_S
+        self._reap_running(now)
+        admitted = self._schedule()
+        if admitted:
+            self._prefill(admitted)
+        if self._batch is not None:
+            self._decode()
+
+    def _schedule(self) -> list[Sequence]:
+        batch = self._batch
+        rows = batch.size if batch else 0
+        tokens = batch.reserved_tokens() if batch else 0
+        return self.scheduler.admit(rows, tokens, self._admit_cap)
+
+    def _reap_waiting(self, now: float) -> None:
+        for seq in self.scheduler.remove_where(lambda s: _ended(s.job, now)):
+            self._end_seq(seq, *_end_reason(seq.job, now))
+
+    def _reap_running(self, now: float) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        ended = [s for s in batch.unique_seqs() if _ended(s.job, now)]
+        if not ended:
+            return
+        for seq in ended:
+            self._end_seq(seq, *_end_reason(seq.job, now))
+        self._retire({id(s) for s in ended})
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        t0 = time.perf_counter()
+        try:
+            new = self.runner.prefill(seqs)
+        except torch.cuda.OutOfMemoryError:
+            if len(seqs) == 1:
+                self._end_seq(seqs[0], Status.ERROR, ExecutionError("out of memory in prefill"))
+            else:  # retry fewer at a time
+                self._admit_cap = max(1, len(seqs) // 2)
+                self.scheduler.requeue(seqs)
+            return
+        except Exception as e:
+            log.exception("prefill failed for %d sequences", len(seqs))
+            for seq in seqs:
+                self._end_seq(seq, Status.ERROR, ExecutionError(f"prefill failed: {e}"))
+            return
+        self._admit_cap = None
+        started = time.monotonic()
+        for seq in seqs:
+            seq.status = Status.RUNNING
+            seq.first_scheduled = started
+        self._fresh.extend(seqs)
+        self._batch = new if self._batch is None else RunningBatch.concat([self._batch, new])
+        self._emit(StepStats(
+            self.name, "prefill", time.perf_counter() - t0, new.size,
+            sum(len(s.source_ids) for s in seqs), self._batch.size, len(self.scheduler),
+        ))
+
+    def _decode(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        t0 = time.perf_counter()
+        try:
+            out = self.runner.step(batch)
+        except torch.cuda.OutOfMemoryError:
+            # Keep the older half running; the newer half fails and frees memory.
+            seqs = batch.unique_seqs()
+            newest = seqs[len(seqs) // 2 :] if len(seqs) > 1 else seqs
+            for seq in newest:
+                self._end_seq(seq, Status.ERROR, ExecutionError("out of memory in decode"))
+            self._retire({id(s) for s in newest})
+            return
+        except Exception as e:
+            log.exception("decode step failed for a batch of %d rows", batch.size)
+            self._fail_batch(ExecutionError(f"decode step failed: {e}"))
+            return
+        now = time.monotonic()
+        finished: set[int] = set()
+        done = out.done | out.bad
+        done_rows = done.nonzero().flatten().tolist() if bool(done.any()) else []
+        bad_rows = set(out.bad.nonzero().flatten().tolist()) if bool(out.bad.any()) else set()
+        for seq in self._fresh:
+            seq.first_token = now
+        self._fresh = []
+        for row, seq in batch.watched():
+            if seq.beam is not None and seq.beam.done:
+                best = seq.beam.best()
+                ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+                self._finish_seq(seq, ids, best.logprob, best.finish_reason)
+                finished.add(id(seq))
+            elif seq.detok is not None and seq.beam is None and row not in bad_rows:
+                piece = seq.detok.push(out.tokens[row])
+                if piece:
+                    seq.job.post("delta", seq.index, StreamDelta(piece, 1))
+        for row in done_rows:
+            seq = batch.seqs[row]
+            if id(seq) in finished:
+                continue
+            finished.add(id(seq))
+            if row in bad_rows:
+                self._end_seq(seq, Status.ERROR, ExecutionError("non-finite logits"))
+                continue
+            is_eos = bool(out.eos[row])
+            n = int(batch.n_generated[row]) - int(is_eos)
+            ids = batch.generated[row, :n].tolist()
+            self._finish_seq(seq, ids, float(batch.logprob[row]), "eos" if is_eos else "length")
+        if finished:
+            self._retire(finished)
+        self._emit(StepStats(
+            self.name, "decode", time.perf_counter() - t0, batch.size, batch.size,
+            self._batch.size if self._batch else 0, len(self.scheduler),
+        ))
+
+    def _retire(self, seq_ids: set[int]) -> None:
+        batch = self._batch
+        assert batch is not None
+        keep = [i for i, s in enumerate(batch.seqs) if id(s) not in seq_ids]
+        if not keep:
+            self._batch = None
+        elif len(keep) < batch.size:
+            self._batch = batch.filter(torch.tensor(keep, device=batch.tokens.device))
+
+    def _fail_batch(self, error: EngineError) -> None:
+        if self._batch is None:
+            return
+        for seq in self._batch.unique_seqs():
+            self._end_seq(seq, Status.ERROR, error)
+        self._batch = None
+
+    # -- delivering results --------------------------------------------------------------
+
+    def _finish_seq(self, seq: Sequence, ids: list[int], logprob: float, reason: str) -> None:
+        seq.token_ids = ids
+        seq.logprob = logprob
+        seq.text = self.tokenizer.decode(ids)
+        if seq.detok is not None and seq.beam is None:
+            tail = seq.detok.flush()
+            if tail:
+                seq.job.post("delta", seq.index, StreamDelta(tail, 0))
+        else:
+            seq.job.post("delta", seq.index, StreamDelta(seq.text, len(ids)))
+        self._end_seq(seq, Status.FINISHED_EOS if reason == "eos" else Status.FINISHED_LENGTH)
+
+    def _end_seq(self, seq: Sequence, status: Status, error: EngineError | None = None) -> None:
+        if seq.status.finished:
+            return
+        seq.status = status
+        seq.finished_at = time.monotonic()
+        job = seq.job
+        if error is not None:
+            job.fail(error)
+        else:
+            job.post("done", seq.index)
+        # A failed job's other sequences leave the queue/batch at the next step.
+        if all(s.status.finished for s in job.sequences):
+            self._job_stats(job)
+
+    def _job_stats(self, job: Job) -> None:
+        seqs = job.sequences
+        end = max(s.finished_at or 0.0 for s in seqs)
+        scheduled = [s.first_scheduled for s in seqs if s.first_scheduled is not None]
+        first = [s.first_token for s in seqs if s.first_token is not None]
+        generated = sum(len(s.token_ids) for s in seqs)
+        ttft = (min(first) - job.arrival) if first else None
+        tpot = None
+        if first and generated > 1:
+            tpot = (end - min(first)) / (generated - 1)
+        e2e = end - job.arrival
+        self.scheduler.avg_seq_seconds = 0.9 * self.scheduler.avg_seq_seconds + 0.1 * e2e
+        outcome = job.error.code if job.error else (
+            "length" if any(s.status is Status.FINISHED_LENGTH for s in seqs) else "eos"
+        )
+        self._emit(RequestStats(
+            model=self.name,
+            task=job.input.task,
+            protocol=job.protocol,
+            outcome=outcome,
+            queue_s=(min(scheduled) - job.arrival) if scheduled else e2e,
+            ttft_s=ttft,
+            tpot_s=tpot,
+            e2e_s=e2e,
+            prompt_tokens=sum(len(s.source_ids) for s in seqs),
+            generated_tokens=generated,
+        ))
+
+    def _emit(self, record: RequestStats | StepStats) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("stats listener failed")
+
+
+def _ended(job: Job, now: float) -> bool:
+    return job.cancelled or job.error is not None or (
+        job.deadline is not None and job.deadline <= now
+    )
+
+
+def _end_reason(job: Job, now: float) -> tuple[Status, EngineError | None]:
+    if job.error is not None:
+        return Status.ERROR, job.error
+    if job.cancelled:
+        return Status.CANCELLED, Cancelled("request cancelled")
+    return Status.DEADLINE, DeadlineExceeded("deadline exceeded before the request finished")
+

@@ -1,0 +1,217 @@
+"""A request's lifecycle: a Job (what the caller submitted) made of Sequences (what the
+model decodes), with status, timestamps and an output channel the caller awaits.
+
+The engine thread changes status and posts events; the caller's event loop receives
+them through `loop.call_soon_threadsafe`, so nothing is shared without a hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from model.generation import BeamSearch
+from model.sampling import DecodingParams
+from model.tokenizer import IncrementalDetokenizer
+from service.engine.errors import Cancelled, EngineError
+
+_arrival_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    task: str  # translate | summarize | answer
+    text: str  # the text to translate/summarize, or the question
+    target_lang: str | None = None
+    source_lang: str | None = None
+    context: str | None = None  # answer: the passage
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_EOS = "eos"
+    FINISHED_LENGTH = "length"
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.WAITING, Status.RUNNING)
+
+
+@dataclass
+class Sequence:
+    """One encoder input and its decoding; a beam sequence occupies beam_size rows."""
+
+    job: Job
+    index: int  # position within the job's output
+    source_ids: list[int]
+    params: DecodingParams
+    status: Status = Status.WAITING
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprob: float = 0.0
+    detok: IncrementalDetokenizer | None = None  # set when the job streams
+    beam: BeamSearch | None = None
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.params.rows
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Worst-case tokens this sequence can hold in the batch."""
+        return self.rows * (len(self.source_ids) + self.params.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    text: str
+    tokens: int  # tokens this piece completes
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "eos" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    logprob: float
+    model: str
+    version: str
+    segments: int
+
+
+class Job:
+    """What one caller submitted: sequences whose outputs are joined in order."""
+
+    def __init__(
+        self,
+        task_input: TaskInput,
+        *,
+        model: str,
+        version: str,
+        protocol: str,
+        priority: int,
+        deadline: float | None,
+        stream: bool,
+        request_id: str | None = None,
+    ) -> None:
+        self.id = request_id or uuid.uuid4().hex
+        self.input = task_input
+        self.model = model
+        self.version = version
+        self.protocol = protocol
+        self.priority = priority
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.stream = stream
+        self.arrival = time.monotonic()
+        self.order = next(_arrival_counter)
+        self.sequences: list[Sequence] = []
+        self.joiners: list[str] = []  # text placed after each sequence's output
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[tuple[str, int, object]] = asyncio.Queue()
+        self._cancel = threading.Event()
+        self._outcome: Completion | EngineError | None = None
+        self.error: EngineError | None = None  # set by the engine thread
+
+    # -- caller side (event loop) ------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this job; its rows are freed at the next step."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    async def result(self) -> Completion:
+        """Wait for the whole output. Raises the EngineError that ended the job."""
+        async for _ in self.deltas():
+            pass
+        assert self._outcome is not None
+        if isinstance(self._outcome, EngineError):
+            raise self._outcome
+        return self._outcome
+
+    async def deltas(self) -> AsyncIterator[StreamDelta]:
+        """Text pieces in output order as they are generated (streaming jobs yield them
+        token by token; others yield each segment's text once it is done)."""
+        if self._outcome is not None:
+            return
+        n = len(self.sequences)
+        pending: list[list[StreamDelta]] = [[] for _ in range(n)]
+        done = [False] * n
+        current = 0
+        try:
+            while current < n:
+                kind, idx, payload = await self._events.get()
+                if kind == "error":
+                    assert isinstance(payload, EngineError)
+                    self._outcome = payload
+                    return
+                if kind == "delta":
+                    assert isinstance(payload, StreamDelta)
+                    if idx == current:
+                        yield payload
+                    else:
+                        pending[idx].append(payload)
+                elif kind == "done":
+                    done[idx] = True
+                    while current < n and done[current]:
+                        if self.joiners[current] and current < n - 1:
+                            yield StreamDelta(self.joiners[current], 0)
+                        current += 1
+                        if current < n:
+                            for d in pending[current]:
+                                yield d
+                            pending[current].clear()
+            self._outcome = self._completion()
+        finally:
+            if self._outcome is None:
+                # The consumer stopped early (client went away): free the rows.
+                self.cancel()
+                self._outcome = Cancelled("request cancelled by the client")
+
+    def _completion(self) -> Completion:
+        seqs = self.sequences
+        text = "".join(
+            s.text + (j if i < len(seqs) - 1 else "")
+            for i, (s, j) in enumerate(zip(seqs, self.joiners, strict=True))
+        )
+        return Completion(
+            text=text,
+            finish_reason="length" if any(s.status is Status.FINISHED_LENGTH for s in seqs)
+            else "eos",
+            prompt_tokens=sum(len(s.source_ids) for s in seqs),
+            completion_tokens=sum(len(s.token_ids) for s in seqs),
+            logprob=sum(s.logprob for s in seqs),
+            model=self.model,
+            version=self.version,
+            segments=len(seqs),
+        )
+
+    # -- engine side (engine thread) ---------------------------------------------------
+
+    def post(self, kind: str, index: int, payload: object = None) -> None:
+        self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, index, payload))
+
+    def fail(self, error: EngineError) -> None:
+        if self.error is None:
+            self.error = error
+            self.post("error", -1, error)
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or all(s.status.finished for s in self.sequences)

@@ -1,0 +1,36 @@
+"""Plain records the engine emits; `service/metrics.py` turns them into Prometheus series."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """One finished job (all its segments), successful or not."""
+
+    model: str
+    task: str
+    protocol: str
+    outcome: str  # finish reason ("eos", "length") or an EngineError code
+    queue_s: float  # arrival -> first scheduled
+    ttft_s: float | None  # arrival -> first generated token
+    tpot_s: float | None  # mean time per output token after the first
+    e2e_s: float  # arrival -> finished
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class StepStats:
+    model: str
+    kind: str  # "prefill" | "decode"
+    duration_s: float
+    batch_size: int  # rows in the step
+    tokens: int  # source tokens encoded (prefill) or tokens generated (decode)
+    running: int  # sequences in the batch after the step
+    waiting: int  # sequences queued after the step
+
+
+Listener = Callable[[RequestStats | StepStats], None]
