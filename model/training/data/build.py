@@ -9,6 +9,7 @@ held-out input is dropped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -50,7 +51,9 @@ class BuildConfig:
     qa_max_depends: int = 5
 
     def __post_init__(self) -> None:
-        if not (self.valid_frac >= 0 and self.test_frac >= 0 and self.valid_frac + self.test_frac < 1):
+        if not (
+            self.valid_frac >= 0 and self.test_frac >= 0 and self.valid_frac + self.test_frac < 1
+        ):
             raise ValueError("valid_frac and test_frac must be >= 0 and sum to less than 1")
 
 
@@ -95,8 +98,11 @@ def assign_splits(
     for split in ("test", "valid", "train"):
         kept = [r for r in by_split[split].values() if (r.task, r.input_text) not in seen]
         if len(kept) < len(by_split[split]):
-            log.info("%s: dropped %d examples whose input is held out",
-                     split, len(by_split[split]) - len(kept))
+            log.info(
+                "%s: dropped %d examples whose input is held out",
+                split,
+                len(by_split[split]) - len(kept),
+            )
         seen.update((r.task, r.input_text) for r in kept)
         kept.sort(key=lambda r: _order_key(seed, r.key()))
         result[split] = kept
@@ -106,16 +112,26 @@ def assign_splits(
 def _counts(task: str, records: list[Record]) -> Any:
     """Per-split count shown in the manifest: per pair, per template, or a total."""
     if task == "translate":
-        return dict(sorted(Counter(
-            f"{r.src_lang}-{r.tgt_lang}" for r in records if isinstance(r, TranslateRecord)
-        ).items()))
+        return dict(
+            sorted(
+                Counter(
+                    f"{r.src_lang}-{r.tgt_lang}" for r in records if isinstance(r, TranslateRecord)
+                ).items()
+            )
+        )
     if task == "answer":
-        return {"total": len(records),
-                "by_template": dict(sorted(Counter(getattr(r, "template", "") for r in records).items()))}
+        return {
+            "total": len(records),
+            "by_template": dict(
+                sorted(Counter(getattr(r, "template", "") for r in records).items())
+            ),
+        }
     return len(records)
 
 
-def build_debian(lists_dir: Path, out_dir: Path, config: BuildConfig | None = None) -> dict[str, Any]:
+def build_debian(
+    lists_dir: Path, out_dir: Path, config: BuildConfig | None = None
+) -> dict[str, Any]:
     """Build every task's JSONL files, the monolingual text and the manifest into ``out_dir``.
 
     Written into a temporary sibling folder first and renamed at the end, so ``out_dir``
@@ -125,20 +141,31 @@ def build_debian(lists_dir: Path, out_dir: Path, config: BuildConfig | None = No
     started = time.monotonic()
     lists = load_lists(lists_dir, config.languages)
 
+    @functools.cache
     def split_for(package: str) -> str:
         return split_of(lists.source_of(package), config.valid_frac, config.test_frac)
 
     tasks: dict[str, dict[str, list[Record]]] = {
         "translate": assign_splits(
-            translation_examples(lists, config.pairs, config.max_length_ratio), split_for, config.seed
+            translation_examples(lists, config.pairs, config.max_length_ratio),
+            split_for,
+            config.seed,
         ),
         "summarize": assign_splits(
             summarization_examples(lists, config.min_summary_words), split_for, config.seed
         ),
         "answer": assign_splits(
-            answer_examples(lists, split_for, config.seed, config.qa_per_package,
-                            config.qa_choices, config.qa_max_context_words, config.qa_max_depends),
-            split_for, config.seed,
+            answer_examples(
+                lists,
+                split_for,
+                config.seed,
+                config.qa_per_package,
+                config.qa_choices,
+                config.qa_max_context_words,
+                config.qa_max_depends,
+            ),
+            split_for,
+            config.seed,
         ),
     }
     monolingual = _monolingual(lists, tasks, split_for, config.seed)
@@ -183,7 +210,10 @@ def build_debian(lists_dir: Path, out_dir: Path, config: BuildConfig | None = No
 
 
 def _monolingual(
-    lists: Lists, tasks: dict[str, dict[str, list[Record]]], split_for: Callable[[str], str], seed: int
+    lists: Lists,
+    tasks: dict[str, dict[str, list[Record]]],
+    split_for: Callable[[str], str],
+    seed: int,
 ) -> list[tuple[str, str]]:
     """(lang, line) for training packages only, minus lines that are held-out inputs."""
     held_out = {

@@ -15,10 +15,10 @@ import logging
 import lzma
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
@@ -91,20 +91,15 @@ def fetch_lists(
 
 def open_text(path: Path) -> IO[str]:
     """Open a list file as UTF-8 text, decompressing by suffix (.lz4, .gz, .xz, .bz2)."""
-    suffix = path.suffix
-    raw: IO[bytes]
-    if suffix == ".lz4":
+    openers: dict[str, Callable[[Path, str], Any]] = {
+        ".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open,
+    }  # fmt: skip
+    if path.suffix == ".lz4":
         import lz4.frame  # the `train` extra; imported here so the rest works without it
 
-        raw = lz4.frame.open(path, "rb")
-    elif suffix == ".gz":
-        raw = gzip.open(path, "rb")
-    elif suffix == ".xz":
-        raw = lzma.open(path, "rb")
-    elif suffix == ".bz2":
-        raw = bz2.open(path, "rb")
-    else:
-        raw = path.open("rb")
+        openers[".lz4"] = lz4.frame.open
+    opener = openers.get(path.suffix)
+    raw = cast(IO[bytes], opener(path, "rb") if opener else path.open("rb"))
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
 
 

@@ -42,10 +42,10 @@ def aligned_sentences(
     yield normalize(english.synopsis), normalize(other.synopsis)
     if len(english.paragraphs) != len(other.paragraphs):
         return
-    for en_par, tr_par in zip(english.paragraphs, other.paragraphs):
+    for en_par, tr_par in zip(english.paragraphs, other.paragraphs, strict=True):
         en_sents, tr_sents = segments(en_par, "en"), segments(tr_par, lang)
         if len(en_sents) == len(tr_sents):
-            yield from zip(en_sents, tr_sents)
+            yield from zip(en_sents, tr_sents, strict=True)
 
 
 def translation_examples(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AnswerRecord:
         return self.question + "\n" + self.context
 
 
-Record = Union[TranslateRecord, SummarizeRecord, AnswerRecord]
+Record = TranslateRecord | SummarizeRecord | AnswerRecord
 RECORD_TYPES: dict[str, type[Record]] = {
     "translate": TranslateRecord,
     "summarize": SummarizeRecord,
@@ -86,7 +86,8 @@ RECORD_TYPES: dict[str, type[Record]] = {
 
 def to_dict(record: Record) -> dict[str, Any]:
     """The JSON object for a record, with ``task`` first."""
-    return {"task": record.task, **asdict(record)}
+    # Not dataclasses.asdict: it deep-copies, and this runs once per written record.
+    return {"task": record.task, **{f.name: getattr(record, f.name) for f in fields(record)}}
 
 
 def from_dict(data: dict[str, Any], where: str = "<record>") -> Record:

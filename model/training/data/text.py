@@ -14,7 +14,6 @@ from collections.abc import Sequence
 # Languages written without spaces between words: line joins and sentence ends differ.
 CJK_LANGS = frozenset({"zh", "zh_CN", "zh_TW", "ja"})
 
-_WS = re.compile(r"\s+")
 # A bullet item starts a new block: "* foo", "- foo", "+ foo", "o foo", "1. foo", "a) foo".
 _BULLET = re.compile(r"^\s*(?:[*\-+•·o]|\d{1,2}[.)]|[a-z][)])\s+")
 # Latin-script sentence end: terminal punctuation (optionally closed by a quote or
@@ -24,10 +23,50 @@ _CJK_END = re.compile(r"(?<=[。！？!?])\s*")
 # Words that end with a period without ending the sentence ("e.g. Foo", "z. B. Foo").
 _ABBREVIATIONS = frozenset(
     {
-        "e.g", "i.e", "etc", "vs", "cf", "approx", "incl", "resp", "mr", "mrs", "dr", "prof",
-        "no", "nr", "ca", "bzw", "usw", "evtl", "ggf", "inkl", "bspw", "vgl", "sog", "u.a",
-        "z.b", "d.h", "p.ex", "c.-à-d", "env", "p", "pp", "vol", "ver", "v", "ex", "fig",
-        "st", "jr", "sr", "ing", "dipl", "max", "min", "tel",
+        "e.g",
+        "i.e",
+        "etc",
+        "vs",
+        "cf",
+        "approx",
+        "incl",
+        "resp",
+        "mr",
+        "mrs",
+        "dr",
+        "prof",
+        "no",
+        "nr",
+        "ca",
+        "bzw",
+        "usw",
+        "evtl",
+        "ggf",
+        "inkl",
+        "bspw",
+        "vgl",
+        "sog",
+        "u.a",
+        "z.b",
+        "d.h",
+        "p.ex",
+        "c.-à-d",
+        "env",
+        "p",
+        "pp",
+        "vol",
+        "ver",
+        "v",
+        "ex",
+        "fig",
+        "st",
+        "jr",
+        "sr",
+        "ing",
+        "dipl",
+        "max",
+        "min",
+        "tel",
     }
 )
 
@@ -47,7 +86,7 @@ def _is_cjk(ch: str) -> bool:
 
 def normalize(text: str) -> str:
     """NFC-normalize and collapse every whitespace run to one space."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def join_lines(lines: Sequence[str]) -> str:
