@@ -1,0 +1,1 @@
+"""The `sora` protobuf package."""

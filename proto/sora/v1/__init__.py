@@ -1,0 +1,1 @@
+"""sora.v1: generated stubs (do not edit; run scripts/gen_proto.sh)."""

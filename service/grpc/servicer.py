@@ -1,0 +1,339 @@
+"""The `sora.v1.Sora` service: validate, call the engine, map the result or error.
+
+Every input of a unary call is submitted to the same engine before any is awaited, so
+they join the running batch together (with everyone else's work). The client's deadline
+becomes the engine timeout; a cancelled or expired call cancels its jobs, which frees
+their batch rows at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from model.sampling import DecodingParams
+from proto.sora.v1 import sora_pb2, sora_pb2_grpc
+from service.engine.engine import Engine, ModelInfo
+from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest
+from service.engine.registry import ModelRegistry
+from service.engine.request import Completion, Job, TaskInput
+from service.grpc.errors import to_grpc
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "grpc"
+
+STRATEGIES = {
+    sora_pb2.DecodingOptions.STRATEGY_UNSPECIFIED: "greedy",
+    sora_pb2.DecodingOptions.STRATEGY_GREEDY: "greedy",
+    sora_pb2.DecodingOptions.STRATEGY_SAMPLE: "sample",
+    sora_pb2.DecodingOptions.STRATEGY_BEAM: "beam",
+}
+TASKS = {
+    sora_pb2.TASK_TRANSLATE: "translate",
+    sora_pb2.TASK_SUMMARIZE: "summarize",
+    sora_pb2.TASK_ANSWER: "answer",
+}
+FINISH_REASONS = {"eos": sora_pb2.FINISH_REASON_EOS, "length": sora_pb2.FINISH_REASON_LENGTH}
+# DecodingOptions fields with presence, copied to DecodingParams only when set.
+OPTIONAL_FIELDS = (
+    "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty",
+    "no_repeat_ngram_size", "min_new_tokens",
+)
+# Engine field names that are decoding options in the request.
+OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos"}
+
+# Maps an engine error's field name to the request field's path.
+FieldPath = Callable[[str | None], str | None]
+
+
+class RejectionRecorder(Protocol):
+    """What the servicer needs from service.metrics.Metrics."""
+
+    def request_rejected(
+        self, model: str | None, task: str, protocol: str, reason: str
+    ) -> None: ...
+
+
+def _field_path(prefix: str, own: dict[str, str]) -> FieldPath:
+    """Engine field -> request path: own input fields under `prefix`, options under
+    `options.`, the deadline as `deadline`, anything else (target_lang, model) as is."""
+
+    def path(field: str | None) -> str | None:
+        if field is None:
+            return None
+        if field in own:
+            return f"{prefix}{own[field]}"
+        if field in OPTION_FIELDS:
+            return f"options.{field}"
+        if field == "timeout":
+            return "deadline"
+        return field
+
+    return path
+
+
+def decoding_params(
+    options: sora_pb2.DecodingOptions | None, engine: Engine
+) -> DecodingParams | None:
+    """The request's DecodingParams, or None for the engine's defaults. Raises
+    InvalidRequest naming `options.<field>`."""
+    if options is None:
+        return None
+    strategy = STRATEGIES.get(options.strategy)
+    if strategy is None:
+        raise InvalidRequest(f"unknown strategy {options.strategy}", field="options.strategy")
+    kwargs: dict[str, Any] = {"strategy": strategy, "ignore_eos": options.ignore_eos}
+    for name in OPTIONAL_FIELDS:
+        if options.HasField(name):
+            kwargs[name] = getattr(options, name)
+    kwargs.setdefault("max_new_tokens", engine.config.default_max_new_tokens)
+    try:
+        return DecodingParams(**kwargs)
+    except ValueError as e:
+        field = getattr(e, "field", None)
+        raise InvalidRequest(str(e), field=f"options.{field}" if field else "options") from e
+
+
+def _usage(c: Completion) -> sora_pb2.Usage:
+    return sora_pb2.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens)
+
+
+def _result(c: Completion) -> sora_pb2.Result:
+    return sora_pb2.Result(
+        text=c.text,
+        finish_reason=FINISH_REASONS.get(c.finish_reason, sora_pb2.FINISH_REASON_UNSPECIFIED),
+        usage=_usage(c),
+    )
+
+
+def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
+    return sora_pb2.ModelInfo(
+        name=info.name,
+        version=info.version,
+        tasks=list(info.tasks),
+        languages=list(info.languages),
+        device=info.device,
+        dtype=info.dtype,
+        parameters=info.parameters,
+        max_source_tokens=info.max_source_tokens,
+        max_new_tokens=info.max_new_tokens,
+        state=info.state,
+    )
+
+
+class SoraServicer(sora_pb2_grpc.SoraServicer):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        max_batch_texts: int = 64,
+        default_timeout: float | None = None,
+        metrics: RejectionRecorder | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_batch_texts = max_batch_texts
+        self.default_timeout = default_timeout  # seconds, when the client sets no deadline
+        self.metrics = metrics
+
+    # -- rpcs --------------------------------------------------------------------------
+
+    async def Translate(
+        self, request: sora_pb2.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.TranslateResponse:
+        inputs = [
+            TaskInput(
+                "translate", text, target_lang=request.target_lang or None,
+                source_lang=request.source_lang or None,
+            )
+            for text in request.texts
+        ]
+        paths = [_field_path(f"texts[{i}]", {"text": ""}) for i in range(len(inputs))]
+        results, model, version = await self._unary("translate", "texts", inputs, paths,
+                                                     request, context)
+        return sora_pb2.TranslateResponse(
+            results=[_result(c) for c in results], model=model, version=version,
+            usage=_total_usage(results),
+        )
+
+    async def Summarize(
+        self, request: sora_pb2.SummarizeRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.SummarizeResponse:
+        inputs = [TaskInput("summarize", text) for text in request.texts]
+        paths = [_field_path(f"texts[{i}]", {"text": ""}) for i in range(len(inputs))]
+        results, model, version = await self._unary("summarize", "texts", inputs, paths,
+                                                     request, context)
+        return sora_pb2.SummarizeResponse(
+            results=[_result(c) for c in results], model=model, version=version,
+            usage=_total_usage(results),
+        )
+
+    async def Answer(
+        self, request: sora_pb2.AnswerRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.AnswerResponse:
+        inputs = [
+            TaskInput("answer", q.question, context=q.context or None) for q in request.questions
+        ]
+        own = {"question": ".question", "context": ".context", "text": ".question"}
+        paths = [_field_path(f"questions[{i}]", own) for i in range(len(inputs))]
+        results, model, version = await self._unary("answer", "questions", inputs, paths,
+                                                     request, context)
+        return sora_pb2.AnswerResponse(
+            results=[_result(c) for c in results], model=model, version=version,
+            usage=_total_usage(results),
+        )
+
+    async def GenerateStream(
+        self, request: sora_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sora_pb2.GenerateStreamResponse]:
+        task = TASKS.get(request.task)
+        path = _field_path("", {"question": "text", "context": "context", "text": "text"})
+        engine: Engine | None = None
+        try:
+            if task is None:
+                raise InvalidRequest("task must be translate, summarize or answer", field="task")
+            engine = self.registry.get(request.model or None, request.version or None)
+            inp = TaskInput(
+                task, request.text, target_lang=request.target_lang or None,
+                source_lang=request.source_lang or None, context=request.context or None,
+            )
+            params = decoding_params(
+                request.options if request.HasField("options") else None, engine
+            )
+            job = engine.submit(
+                inp, params, priority=request.priority, timeout=self._timeout(context),
+                protocol=PROTOCOL, stream=True,
+            )
+        except EngineError as e:
+            await self._reject(context, e, path(e.field), engine, task or "unknown")
+            return
+        try:
+            async for delta in job.deltas():
+                if delta.text or delta.tokens:
+                    yield sora_pb2.GenerateStreamResponse(text=delta.text, tokens=delta.tokens)
+            completion = await job.result()
+        except EngineError as e:
+            job.cancel()
+            await _abort(context, e, path(e.field))
+            return
+        except BaseException:  # cancelled or expired call, or the client went away
+            job.cancel()
+            raise
+        yield sora_pb2.GenerateStreamResponse(
+            finish_reason=FINISH_REASONS.get(
+                completion.finish_reason, sora_pb2.FINISH_REASON_UNSPECIFIED
+            ),
+            usage=_usage(completion),
+            model=completion.model,
+            version=completion.version,
+        )
+
+    async def ListModels(
+        self, request: sora_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.ListModelsResponse:
+        return sora_pb2.ListModelsResponse(
+            models=[_model_info(i) for i in self.registry.list()],
+            default_model=self.registry.default_model or "",
+        )
+
+    # -- shared ------------------------------------------------------------------------
+
+    async def _unary(
+        self,
+        task: str,
+        list_field: str,
+        inputs: list[TaskInput],
+        paths: list[FieldPath],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[list[Completion], str, str]:
+        """Submit every input, then wait for all; (completions, model, version)."""
+        engine: Engine | None = None
+        jobs: list[Job] = []
+        path: FieldPath = _field_path("", {})
+        try:
+            if not inputs:
+                raise InvalidRequest(f"{list_field} must hold at least one item",
+                                     field=list_field)
+            if len(inputs) > self.max_batch_texts:
+                raise InvalidRequest(
+                    f"{list_field} holds {len(inputs)} items; the limit is "
+                    f"{self.max_batch_texts}",
+                    field=list_field,
+                )
+            engine = self.registry.get(request.model or None, request.version or None)
+            params = decoding_params(
+                request.options if request.HasField("options") else None, engine
+            )
+            timeout = self._timeout(context)
+            for inp, input_path in zip(inputs, paths, strict=True):
+                path = input_path  # errors from here on name this input's fields
+                jobs.append(engine.submit(
+                    inp, params, priority=request.priority, timeout=timeout, protocol=PROTOCOL,
+                ))
+        except EngineError as e:
+            _cancel(jobs)
+            await self._reject(context, e, path(e.field), engine, task)
+            raise AssertionError("unreachable: abort raises") from None
+        try:
+            results = await asyncio.gather(*(job.result() for job in jobs))
+        except EngineError as e:
+            _cancel(jobs)
+            index = next((i for i, j in enumerate(jobs) if j.error is e), None)
+            field = paths[index](e.field) if index is not None else e.field
+            await _abort(context, e, field)
+            raise AssertionError("unreachable: abort raises") from None
+        except BaseException:  # cancelled or expired call: free the rows
+            _cancel(jobs)
+            raise
+        return list(results), engine.name, engine.version
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float | None:
+        """Seconds left of the client's deadline (else the server default)."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.default_timeout
+        if remaining <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it was scheduled")
+        return float(remaining)
+
+    async def _reject(
+        self,
+        context: grpc.aio.ServicerContext,
+        error: EngineError,
+        field: str | None,
+        engine: Engine | None,
+        task: str,
+    ) -> None:
+        """A request the engine never accepted: count it, then abort the call."""
+        if self.metrics is not None:
+            try:
+                self.metrics.request_rejected(
+                    engine.name if engine else None, task, PROTOCOL, error.code
+                )
+            except Exception:
+                log.exception("metrics: recording a rejection failed")
+        await _abort(context, error, field)
+
+
+def _total_usage(results: Sequence[Completion]) -> sora_pb2.Usage:
+    return sora_pb2.Usage(
+        prompt_tokens=sum(c.prompt_tokens for c in results),
+        completion_tokens=sum(c.completion_tokens for c in results),
+    )
+
+
+def _cancel(jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        job.cancel()
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, error: EngineError, field: str | None
+) -> None:
+    status = to_grpc(error, field)
+    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
