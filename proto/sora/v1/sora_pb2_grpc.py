@@ -5,7 +5,7 @@ import warnings
 
 from . import sora_pb2 as sora_dot_v1_dot_sora__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SoraStub:
+class SoraStub(object):
     """Translate, summarize and answer; every unary call takes several inputs, which the
     server batches together with all other callers' work.
     """
@@ -63,7 +63,7 @@ class SoraStub:
                 _registered_method=True)
 
 
-class SoraServicer:
+class SoraServicer(object):
     """Translate, summarize and answer; every unary call takes several inputs, which the
     server batches together with all other callers' work.
     """
@@ -140,7 +140,7 @@ def add_SoraServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Sora:
+class Sora(object):
     """Translate, summarize and answer; every unary call takes several inputs, which the
     server batches together with all other callers' work.
     """
