@@ -1,0 +1,291 @@
+"""Load generator for a running Sora server: throughput, latency percentiles and
+time to first token at several concurrency levels, over HTTP (SSE) or gRPC
+(GenerateStream).
+
+    python -m benchmarks.load --url http://127.0.0.1:8000                 # a server
+    python -m benchmarks.load --model-repository checkpoints/sora-default --compare
+
+Without --url it starts the server itself (in this process, on free ports) for
+--model-repository; --compare also starts a one-request-at-a-time server
+(max_batch_sequences=1) over the same checkpoint, so the table shows what continuous
+batching buys. Every request generates exactly --max-new-tokens tokens (ignore_eos), so
+the servers do the same work. Each level stops after --requests requests or --duration
+seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TEXT = "The quick brown fox jumps over the lazy dog. How are you today?"
+
+
+@dataclass
+class Sample:
+    ok: bool
+    latency_s: float
+    ttft_s: float | None
+    tokens: int
+    error: str = ""
+
+
+@dataclass
+class Level:
+    server: str
+    protocol: str
+    concurrency: int
+    wall_s: float
+    samples: list[Sample] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        ok = [s for s in self.samples if s.ok]
+        lat = sorted(s.latency_s for s in ok)
+        ttft = sorted(s.ttft_s for s in ok if s.ttft_s is not None)
+        tokens = sum(s.tokens for s in ok)
+        return {
+            "server": self.server, "proto": self.protocol, "clients": self.concurrency,
+            "requests": len(ok), "errors": len(self.samples) - len(ok),
+            "req/s": len(ok) / self.wall_s if self.wall_s else 0.0,
+            "tok/s": tokens / self.wall_s if self.wall_s else 0.0,
+            "p50 ms": pct(lat, 50) * 1000, "p95 ms": pct(lat, 95) * 1000,
+            "p99 ms": pct(lat, 99) * 1000, "ttft p50 ms": pct(ttft, 50) * 1000,
+            "ttft p95 ms": pct(ttft, 95) * 1000,
+        }
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+# -- one request ---------------------------------------------------------------------------
+
+
+async def http_request(client: httpx.AsyncClient, max_new_tokens: int) -> Sample:
+    body = {"text": TEXT, "target_lang": "de", "stream": True,
+            "options": {"max_new_tokens": max_new_tokens, "ignore_eos": True}}
+    t0 = time.perf_counter()
+    ttft = None
+    event = "message"
+    try:
+        async with client.stream("POST", "/v1/translate", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return Sample(False, time.perf_counter() - t0, None, 0, str(r.status_code))
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "message" and ttft is None:
+                        ttft = time.perf_counter() - t0
+                    elif event == "done":
+                        tokens = int(data["usage"]["completion_tokens"])
+                        return Sample(True, time.perf_counter() - t0, ttft, tokens)
+                    elif event == "error":
+                        return Sample(False, time.perf_counter() - t0, ttft, 0,
+                                      data["error"]["code"])
+    except httpx.HTTPError as e:
+        return Sample(False, time.perf_counter() - t0, ttft, 0, type(e).__name__)
+    return Sample(False, time.perf_counter() - t0, ttft, 0, "no done event")
+
+
+def grpc_caller(target: str, max_new_tokens: int) -> tuple[Callable[[], Awaitable[Sample]],
+                                                            Callable[[], Awaitable[None]]]:
+    """A GenerateStream caller (stubs imported only when gRPC is benchmarked)."""
+    import grpc
+    import grpc.aio
+
+    from proto.sora.v1 import sora_pb2, sora_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(target)
+    stub = sora_pb2_grpc.SoraStub(channel)
+    request = sora_pb2.GenerateStreamRequest(
+        task=sora_pb2.TASK_TRANSLATE, text=TEXT, target_lang="de",
+        options=sora_pb2.DecodingOptions(max_new_tokens=max_new_tokens, ignore_eos=True),
+    )
+
+    async def call() -> Sample:
+        t0 = time.perf_counter()
+        ttft, tokens = None, 0
+        try:
+            async for msg in stub.GenerateStream(request):
+                if ttft is None and msg.text:
+                    ttft = time.perf_counter() - t0
+                if msg.HasField("usage"):  # the last message
+                    tokens = msg.usage.completion_tokens
+        except grpc.aio.AioRpcError as e:
+            return Sample(False, time.perf_counter() - t0, ttft, 0, e.code().name)
+        return Sample(True, time.perf_counter() - t0, ttft, tokens)
+
+    async def close() -> None:
+        await channel.close()
+
+    return call, close
+
+
+# -- one level -----------------------------------------------------------------------------
+
+
+async def run_level(name: str, http_url: str, grpc_target: str | None, protocol: str,
+                    concurrency: int, requests: int, duration_s: float,
+                    max_new_tokens: int) -> Level:
+    left = requests
+    deadline = time.monotonic() + duration_s
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    client = httpx.AsyncClient(base_url=http_url, timeout=300, limits=limits)
+    close: Callable[[], Awaitable[None]] | None = None
+    if protocol == "grpc":
+        if grpc_target is None:
+            raise SystemExit("gRPC target unknown: pass --grpc-target")
+        call, close = grpc_caller(grpc_target, max_new_tokens)
+    else:
+
+        async def call() -> Sample:
+            return await http_request(client, max_new_tokens)
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0 and time.monotonic() < deadline:
+            left -= 1
+            samples.append(await call())
+
+    try:
+        # Warm the connections (and the engine at this batch size) before measuring.
+        await asyncio.gather(*(call() for _ in range(concurrency)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await client.aclose()
+        if close is not None:
+            await close()
+    return Level(name, protocol, concurrency, time.perf_counter() - t0, samples)
+    # TTFT is the first non-empty text piece: a model that only emits special tokens
+    # (a random-weight test checkpoint) shows nan.
+
+
+# -- local servers ---------------------------------------------------------------------------
+
+
+@contextmanager
+def local_server(repository: Path, **overrides: Any) -> Iterator[tuple[str, str | None]]:
+    """A SoraServer for `repository` on free loopback ports, in a background thread."""
+    from service.config import Settings
+    from service.main import SoraServer
+
+    try:
+        import service.grpc.server  # noqa: F401
+
+        grpc_enabled = True
+    except ImportError:
+        grpc_enabled = False
+    settings = Settings(model_repository=repository, host="127.0.0.1", http_port=0,
+                        grpc_port=0, grpc_enabled=grpc_enabled, log_level="WARNING",
+                        **overrides)
+    server = SoraServer(settings)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(asyncio.run(server.run())),
+                              daemon=True)
+    thread.start()
+    while not server.ready.is_set():
+        if not thread.is_alive():
+            raise SystemExit(f"the server for {repository} failed to start")
+        time.sleep(0.05)
+    try:
+        grpc = f"127.0.0.1:{server.grpc_port}" if server.grpc_port else None
+        yield f"http://127.0.0.1:{server.http_port}", grpc
+    finally:
+        server.request_stop()
+        thread.join(120)
+
+
+# -- table -----------------------------------------------------------------------------------
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no results)"
+    cols = list(rows[0])
+    cells = [[f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+             for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Namespace
+                ) -> list[dict[str, Any]]:
+    rows = []
+    for name, http_url, grpc_target in targets:
+        for protocol in args.protocol:
+            for concurrency in args.concurrency:
+                level = await run_level(name, http_url, grpc_target, protocol, concurrency,
+                                        args.requests, args.duration, args.max_new_tokens)
+                rows.append(level.row())
+                print(format_table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="a running server's HTTP base URL")
+    p.add_argument("--grpc-target", help="a running server's gRPC host:port")
+    p.add_argument("--model-repository", type=Path,
+                   help="start local servers for this repository (when --url is absent)")
+    p.add_argument("--compare", action="store_true",
+                   help="also start a one-request-at-a-time server (max_batch_sequences=1)")
+    p.add_argument("--protocol", type=lambda s: s.split(","), default=["http"],
+                   help="http, grpc or http,grpc (default http)")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[1, 16, 64], help="client counts (default 1,16,64)")
+    p.add_argument("--requests", type=int, default=128, help="per level (default 128)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per level at most")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print rows as JSON lines too")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.url:
+        rows = asyncio.run(bench([("remote", args.url, args.grpc_target)], args))
+    elif args.model_repository:
+        rows = []
+        with local_server(args.model_repository) as (http_url, grpc_target):
+            rows += asyncio.run(bench([("batched", http_url, grpc_target)], args))
+        if args.compare:
+            with local_server(args.model_repository, max_batch_sequences=1) as (http_url,
+                                                                                 grpc_target):
+                rows += asyncio.run(bench([("serial", http_url, grpc_target)], args))
+    else:
+        print("give --url or --model-repository", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""REST routes: tasks (translate/summarize/answer), models, health, metrics."""

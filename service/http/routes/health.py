@@ -1,0 +1,36 @@
+"""Kubernetes-style probes, open without an API key.
+
+/health/live: the process answers (200 while serving, loading and draining).
+/health/ready: 200 only when every model is warm and the server is not draining;
+otherwise 503 with Retry-After, so a load balancer stops sending traffic at once.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.http.deps import get_registry, get_server_state
+from service.http.errors import UNAVAILABLE_RETRY_AFTER_S, error_body
+from service.http.schemas import ErrorResponse, Health
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=Health)
+async def live() -> Health:
+    return Health(status="alive")
+
+
+@router.get("/ready", response_model=Health, responses={503: {"model": ErrorResponse}})
+async def ready(request: Request) -> JSONResponse | Health:
+    if get_server_state(request).draining:
+        reason = "server is shutting down"
+    elif not get_registry(request).ready:
+        reason = "models are loading or warming up"
+    else:
+        return Health(status="ready")
+    return JSONResponse(
+        error_body("unavailable", reason), status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )

@@ -1,0 +1,122 @@
+"""`sora serve` as a real process: SIGTERM with requests in flight drains them (all
+complete 200), then the process exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[2]
+LIMIT_S = 120.0  # safety limit on waits, not a check
+LONG = {"max_new_tokens": 500, "ignore_eos": True}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gauge(base: str, name: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name)
+
+
+def wait_for(cond: Any, what: str, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + LIMIT_S
+    while True:
+        try:
+            if cond():
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited ({proc.returncode}) waiting for {what}")
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_sigterm_drains_in_flight_requests(service_checkpoint: Path, tmp_path: Path) -> None:
+    http, grpc = free_port(), free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
+         "--http-port", str(http), "--grpc-port", str(grpc),
+         "--model-repository", str(service_checkpoint), "--max-new-tokens", "500"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "SORA_LOG_LEVEL": "INFO"},
+    )
+    base = f"http://127.0.0.1:{http}"
+    results: list[httpx.Response] = []
+    try:
+        wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
+
+        def call(task: str, body: dict[str, Any]) -> None:
+            results.append(httpx.post(f"{base}/v1/{task}", json=body, timeout=LIMIT_S))
+
+        calls = [
+            ("translate", {"text": "Hello world", "target_lang": "de", "options": LONG}),
+            ("translate", {"texts": ["One", "Two"], "target_lang": "fr", "options": LONG}),
+            ("summarize", {"text": "A text about budgets.", "options": LONG}),
+            ("answer", {"question": "What?", "context": "A tool.", "options": LONG}),
+            ("translate", {"text": "Streamed", "target_lang": "es", "options": LONG,
+                           "stream": True}),
+        ]
+        threads = [threading.Thread(target=call, args=c) for c in calls]
+        for t in threads:
+            t.start()
+        wait_for(lambda: gauge(base, "sora_running_requests")
+                 + gauge(base, "sora_waiting_requests") == 6, "six sequences in flight", proc)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(LIMIT_S)
+        assert proc.wait(LIMIT_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    output = (tmp_path / "serve.log").read_text()
+    assert [r.status_code for r in results] == [200] * 5, output
+    for r in results:
+        if r.headers["content-type"].startswith("text/event-stream"):
+            assert "event: done" in r.text
+        else:
+            assert all(x["usage"]["completion_tokens"] == 500 for x in r.json()["results"])
+    assert "shutting down" in output and "Traceback" not in output
+
+
+def test_serve_without_arguments_uses_the_shipped_checkpoint(tmp_path: Path) -> None:
+    from cli.common import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        import pytest
+
+        pytest.skip(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is not built yet")
+    http, grpc = free_port(), free_port()
+    env = {**os.environ, "SORA_HTTP_PORT": str(http), "SORA_GRPC_PORT": str(grpc)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
+        models = httpx.get(base + "/v1/models").json()["models"]
+        assert models and models[0]["name"] == DEFAULT_CHECKPOINT.name
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(LIMIT_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
