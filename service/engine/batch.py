@@ -32,6 +32,7 @@ class RunningBatch:
     n_generated: Tensor
     logprob: Tensor
     _watched: list[tuple[int, Sequence]] | None = field(default=None, repr=False)
+    _reserved: int | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -57,7 +58,11 @@ class RunningBatch:
         return self._watched
 
     def reserved_tokens(self) -> int:
-        return sum(s.reserved_tokens for s in self.unique_seqs())
+        """Worst-case tokens of every row; the rows only change in a new batch object
+        (filter/concat), so this is summed once, not at every step's admission check."""
+        if self._reserved is None:
+            self._reserved = sum(s.reserved_tokens for s in self.unique_seqs())
+        return self._reserved
 
     def filter(self, keep: Tensor) -> RunningBatch:
         """Rows `keep` (sorted row indices) as a new batch."""

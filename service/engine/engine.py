@@ -104,6 +104,10 @@ class Engine:
         self._next_reap = 0.0
         self._admit_cap: int | None = None  # lowered after an out-of-memory prefill
         self._fresh: list[Sequence] = []  # admitted, waiting for their first token
+        # Accepted sequences not yet ended, wherever they are (queue, prefill, batch):
+        # drain waits on this, since a sequence being prefilled is in neither.
+        self._open = 0
+        self._open_lock = threading.Lock()
         self.parameters = sum(p.numel() for p in checkpoint.model.parameters())
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -143,7 +147,7 @@ class Engine:
             return
         self.state = EngineState.DRAINING
         deadline = time.monotonic() + timeout
-        while (len(self.scheduler) or self._batch is not None) and time.monotonic() < deadline:
+        while self._open and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         with self._wake:
             self._stop = True
@@ -219,7 +223,10 @@ class Engine:
         if not internal and self.state is not EngineState.READY:
             raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
         if params is None:
-            params = DecodingParams(max_new_tokens=self.config.default_max_new_tokens)
+            # The configured default, capped by what this model's positions allow.
+            params = DecodingParams(
+                max_new_tokens=min(self.config.default_max_new_tokens, self.max_new_tokens)
+            )
         if params.max_new_tokens > self.max_new_tokens:
             raise InvalidRequest(
                 f"max_new_tokens is {params.max_new_tokens}; the limit is {self.max_new_tokens}",
@@ -254,6 +261,8 @@ class Engine:
             job.sequences.append(seq)
             job.joiners.append(joiner)
         self.scheduler.add(job.sequences)
+        with self._open_lock:
+            self._open += len(job.sequences)
         with self._wake:
             self._wake.notify()
         return job
@@ -428,18 +437,28 @@ class Engine:
                 piece = seq.detok.push(out.tokens[row])
                 if piece:
                     seq.job.post("delta", seq.index, StreamDelta(piece, 1))
-        for row in done_rows:
-            seq = batch.seqs[row]
-            if id(seq) in finished:
-                continue
-            finished.add(id(seq))
-            if row in bad_rows:
-                self._end_seq(seq, Status.ERROR, ExecutionError("non-finite logits"))
-                continue
-            is_eos = bool(out.eos[row])
-            n = int(batch.n_generated[row]) - int(is_eos)
-            ids = batch.generated[row, :n].tolist()
-            self._finish_seq(seq, ids, float(batch.logprob[row]), "eos" if is_eos else "length")
+        ended: list[tuple[Sequence, list[int], float, str]] = []
+        if done_rows:
+            # One transfer for every finished row, not a few tensor reads per row.
+            idx = torch.tensor(done_rows, device=batch.tokens.device)
+            eos_flags = out.eos[idx].tolist()
+            lengths = (batch.n_generated[idx] - out.eos[idx].long()).tolist()
+            histories = batch.generated[idx].tolist()
+            logprobs = batch.logprob[idx].tolist()
+            for j, row in enumerate(done_rows):
+                seq = batch.seqs[row]
+                if id(seq) in finished:
+                    continue
+                finished.add(id(seq))
+                if row in bad_rows:
+                    self._end_seq(seq, Status.ERROR, ExecutionError("non-finite logits"))
+                    continue
+                reason = "eos" if eos_flags[j] else "length"
+                ended.append((seq, histories[j][: lengths[j]], logprobs[j], reason))
+        if ended:
+            texts = self.tokenizer.decode_batch([ids for _, ids, _, _ in ended])
+            for (seq, ids, logprob, reason), text in zip(ended, texts, strict=True):
+                self._finish_seq(seq, ids, logprob, reason, text)
         if finished:
             self._retire(finished)
         self._emit(StepStats(
@@ -465,10 +484,12 @@ class Engine:
 
     # -- delivering results --------------------------------------------------------------
 
-    def _finish_seq(self, seq: Sequence, ids: list[int], logprob: float, reason: str) -> None:
+    def _finish_seq(
+        self, seq: Sequence, ids: list[int], logprob: float, reason: str, text: str | None = None
+    ) -> None:
         seq.token_ids = ids
         seq.logprob = logprob
-        seq.text = self.tokenizer.decode(ids)
+        seq.text = self.tokenizer.decode(ids) if text is None else text
         if seq.detok is not None and seq.beam is None:
             tail = seq.detok.flush()
             if tail:
@@ -482,6 +503,8 @@ class Engine:
             return
         seq.status = status
         seq.finished_at = time.monotonic()
+        with self._open_lock:
+            self._open -= 1
         job = seq.job
         if error is not None:
             job.fail(error)

@@ -10,6 +10,7 @@ verification leaves the old one serving.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,7 @@ class ModelRegistry:
             task.add_done_callback(self._draining.discard)
         return new
 
-    async def scan(self) -> list[str]:
+    async def scan(self) -> builtins.list[str]:
         """Reload every model whose newest version differs from the one served."""
         changed = []
         for source in discover(self.repository):

@@ -61,12 +61,17 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, batch: RunningBatch) -> StepOutput:
         raw = self.model.decode_step(batch.tokens, batch.cache).float()
-        bad = ~torch.isfinite(raw).all(dim=-1)
+        # One reduction finds the non-finite rows: a NaN or inf anywhere makes the row's
+        # sum non-finite (isfinite over all of (rows, vocab) costs several times more).
+        bad = ~torch.isfinite(raw.sum(dim=-1))
+        if bool(bad.any()):
+            # Neutral logits for the broken rows (they are failed after this step), so
+            # sampling and beam search on the other rows do not trip over NaN.
+            raw = raw.masked_fill(bad[:, None], 0.0)
         logits = constrain(raw, batch.sampling, batch.generated, batch.n_generated, self.eos_id)
         tokens, lp = choose(logits, batch.sampling)
         beam_rows = self._beam_step(batch, logits, tokens)
-        rows = torch.arange(batch.size, device=self.device)
-        batch.generated[rows, batch.n_generated] = tokens
+        batch.generated.scatter_(1, batch.n_generated[:, None], tokens[:, None])
         batch.n_generated += 1
         batch.logprob += lp
         batch.tokens = tokens
@@ -79,10 +84,7 @@ class ModelRunner:
     def _beam_step(self, batch: RunningBatch, logits: Tensor, tokens: Tensor) -> Tensor | None:
         """Advance every beam sequence; reorder rows to follow their parents. Returns a
         (rows,) mask of beam rows, or None when the batch has no beam sequence."""
-        starts = [
-            i for i, s in enumerate(batch.seqs)
-            if s.beam is not None and (i == 0 or batch.seqs[i - 1] is not s)
-        ]
+        starts = [i for i, s in batch.watched() if s.beam is not None]
         if not starts:
             return None
         index = torch.arange(batch.size, device=self.device)

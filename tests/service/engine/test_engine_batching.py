@@ -1,0 +1,87 @@
+"""Continuous batching changes nothing about a request's output: the same tokens come
+out alone or among 64 others of every task, length and decoding setting, joining and
+leaving the running batch mid-flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import TEXTS, Recorder, assert_same, solo, wait_until
+
+from model.sampling import DecodingParams
+from service.engine import Engine, Job, TaskInput
+
+LANGS = ("de", "fr", "es", "zh", "it", "en")
+
+
+def mixed_request(i: int) -> tuple[TaskInput, DecodingParams]:
+    """Request `i` of a varied load: tasks, languages, lengths and strategies."""
+    text = TEXTS[i % len(TEXTS)]
+    if i % 3 == 0:
+        inp = TaskInput("translate", text, target_lang=LANGS[i % len(LANGS)])
+    elif i % 3 == 1:
+        inp = TaskInput("summarize", text)
+    else:
+        inp = TaskInput("answer", TEXTS[9], context=text)
+    n = 3 + (i * 7) % 38  # 3..40 new tokens
+    kind = i % 8
+    if kind == 5:
+        params = DecodingParams(
+            strategy="sample", max_new_tokens=n, temperature=0.8, top_k=50, top_p=0.9, seed=i
+        )
+    elif kind == 6:
+        params = DecodingParams(strategy="beam", beam_size=2 + i % 2, max_new_tokens=4 + i % 13)
+    elif kind == 7:
+        params = DecodingParams(max_new_tokens=n, ignore_eos=True)
+    elif kind == 4:
+        params = DecodingParams(max_new_tokens=n, min_new_tokens=n // 2, no_repeat_ngram_size=2)
+    else:
+        params = DecodingParams(max_new_tokens=n)
+    return inp, params
+
+
+async def test_outputs_equal_solo_under_mixed_concurrent_load(engine: Engine) -> None:
+    rec = Recorder()
+    engine.add_listener(rec)
+    requests = [mixed_request(i) for i in range(64)]
+    # The first group is long (ignore_eos) so later groups join a batch mid-decode.
+    requests[0] = (requests[0][0], DecodingParams(max_new_tokens=60, ignore_eos=True))
+    jobs: list[Job] = []
+    for start in range(0, 64, 8):
+        jobs.extend(engine.submit(inp, p) for inp, p in requests[start : start + 8])
+        if start == 0:
+            await wait_until(lambda: engine._batch is not None)
+        await asyncio.sleep(0.002)
+    results = await asyncio.gather(*(j.result() for j in jobs))
+
+    # Rows were admitted into a batch already decoding, and several rows decoded together.
+    assert any(s.running > s.batch_size for s in rec.steps("prefill"))
+    assert max(s.batch_size for s in rec.steps("decode")) > 8
+
+    for i, ((inp, params), done) in enumerate(zip(requests, results, strict=True)):
+        if params.strategy == "sample":
+            alone = await engine.generate(inp, params)
+            assert (done.text, done.completion_tokens) == (alone.text, alone.completion_tokens), i
+        else:
+            assert_same(done, solo(engine, inp, params), (i, params))
+    assert engine._batch is None
+    assert len(engine.scheduler) == 0
+
+
+async def test_seeded_sampling_is_reproducible_and_seed_dependent(engine: Engine) -> None:
+    inp = TaskInput("translate", TEXTS[2], target_lang="fr")
+    params = DecodingParams(strategy="sample", max_new_tokens=30, ignore_eos=True, seed=7)
+    same = await asyncio.gather(*(engine.generate(inp, params) for _ in range(4)))
+    assert len({c.text for c in same}) == 1
+    others = await asyncio.gather(*(
+        engine.generate(inp, DecodingParams(
+            strategy="sample", max_new_tokens=30, ignore_eos=True, seed=s
+        )) for s in (8, 9, 10)
+    ))
+    assert any(c.text != same[0].text for c in others)
+
+
+async def test_default_params_fit_the_model(engine: Engine) -> None:
+    """No DecodingParams: the default length is capped by the model's target length."""
+    done = await engine.generate(TaskInput("summarize", TEXTS[8]))
+    assert 0 < done.completion_tokens <= engine.max_new_tokens
