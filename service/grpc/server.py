@@ -1,4 +1,5 @@
-"""The grpc.aio server: the Sora service, grpc.health.v1, reflection and a graceful stop.
+"""The grpc.aio server: the Sora service, the Open Inference Protocol service
+(inference.GRPCInferenceService), grpc.health.v1, reflection and a graceful stop.
 
 Health (both the overall "" service and "sora.v1.Sora") reads NOT_SERVING while the
 models warm up or drain and SERVING once the registry is ready; `set_serving(False)`
@@ -25,9 +26,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from proto.inference import grpc_service_pb2_grpc
 from proto.sora.v1 import sora_pb2, sora_pb2_grpc
 from service.engine.registry import ModelRegistry
 from service.grpc.auth import ApiKeyInterceptor
+from service.grpc.oip_servicer import SERVICE_NAME as OIP_SERVICE_NAME
+from service.grpc.oip_servicer import OipServicer, reflection_pool
 from service.grpc.servicer import PROTOCOL, RejectionRecorder, SoraServicer
 
 log = logging.getLogger(__name__)
@@ -100,10 +104,22 @@ class GrpcServer:
             metrics=metrics,
         )
         sora_pb2_grpc.add_SoraServicer_to_server(self.servicer, self.server)
+        # The Open Inference Protocol (KServe v2 / Triton clients) over the same registry.
+        self.oip_servicer = OipServicer(
+            registry,
+            serving=lambda: self.serving,
+            max_batch_texts=int(_setting(settings, "max_batch_texts", 64)),
+            default_timeout=_setting(settings, "request_timeout_s", None),
+            metrics=metrics,
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            self.oip_servicer, self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflected = (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            reflected, self.server, pool=reflection_pool(reflected)
         )
         host = _setting(settings, "host", "0.0.0.0")
         port = int(_setting(settings, "grpc_port", 50051))
