@@ -30,6 +30,7 @@ from service.engine.stats import RequestStats, StepStats
 disable_created_metrics()
 
 if TYPE_CHECKING:
+    from service.engine.engine import Engine
     from service.engine.registry import ModelRegistry
 
 # Seconds: from GPU milliseconds to CPU tens of seconds.
@@ -183,8 +184,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def engine_load(engine: object) -> tuple[int, int]:
+def engine_load(engine: Engine) -> tuple[int, int]:
     """(running rows, waiting sequences) of an engine right now."""
-    batch = getattr(engine, "_batch", None)  # no public accessor on Engine yet
-    scheduler = getattr(engine, "scheduler", None)
-    return (batch.size if batch is not None else 0, len(scheduler) if scheduler is not None else 0)
+    return engine.running, engine.waiting

@@ -162,6 +162,17 @@ class Engine:
             self._end_seq(seq, Status.ERROR, Unavailable("server shut down before completion"))
         self.state = EngineState.STOPPED
 
+    @property
+    def running(self) -> int:
+        """Rows in the running batch right now (a beam of k counts k)."""
+        batch = self._batch
+        return batch.size if batch is not None else 0
+
+    @property
+    def waiting(self) -> int:
+        """Sequences queued for admission right now."""
+        return len(self.scheduler)
+
     def info(self) -> ModelInfo:
         return ModelInfo(
             name=self.name,

@@ -17,6 +17,9 @@ OPEN_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
+    # Open Inference Protocol liveness/readiness, open like HTTP's /v2/health/*.
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
 )
 DENIED = "missing or invalid API key (send `authorization: Bearer KEY` or `x-api-key: KEY`)"
 

@@ -113,9 +113,14 @@ class BodyLimitMiddleware:
             return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await _send_json(send, 413, error_body(
-                "payload_too_large", f"request body exceeds the limit of {self.limit} bytes"
-            ))
+            message = f"request body exceeds the limit of {self.limit} bytes"
+            # Open Inference Protocol routes have their own error shape.
+            body = (
+                {"error": message}
+                if scope.get("path", "").startswith("/v2")
+                else error_body("payload_too_large", message)
+            )
+            await _send_json(send, 413, body)
             return
         received = 0
         started = False

@@ -109,10 +109,10 @@ class RunningServer:
 
     def running(self) -> int:
         """Rows in the engines' running batches right now."""
-        return sum(e._batch.size for e in self.registry.engines() if e._batch is not None)
+        return sum(e.running for e in self.registry.engines())
 
     def waiting(self) -> int:
-        return sum(len(e.scheduler) for e in self.registry.engines())
+        return sum(e.waiting for e in self.registry.engines())
 
     @contextlib.contextmanager
     def paused(self, what: str = "decode") -> Iterator[threading.Event]:
