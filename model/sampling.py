@@ -176,16 +176,19 @@ def choose(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
     """Next token and its log-probability for each row. logits: (batch, vocab) float,
     already constrained. Greedy rows take the argmax; sampling rows draw."""
     logprobs = logits.log_softmax(dim=-1)
-    tokens = logprobs.argmax(dim=-1)
-    if bool(batch.do_sample.any()):
-        sample_rows = batch.do_sample.nonzero().flatten()
-        probs = warp(logits[sample_rows], batch.select(sample_rows)).softmax(dim=-1)
-        unseeded = [i for i, r in enumerate(sample_rows.tolist()) if batch.generators[r] is None]
-        if unseeded:
-            idx = torch.tensor(unseeded, device=logits.device)
-            tokens[sample_rows[idx]] = torch.multinomial(probs[idx], 1).flatten()
-        for i, r in enumerate(sample_rows.tolist()):
-            g = batch.generators[r]
-            if g is not None:
-                tokens[r] = torch.multinomial(probs[i], 1, generator=g)[0]
+    # One max() gives the greedy token and its log-probability (argmax + gather would
+    # pass over the vocabulary twice).
+    top, tokens = logprobs.max(dim=-1)
+    if not bool(batch.do_sample.any()):
+        return tokens, top
+    sample_rows = batch.do_sample.nonzero().flatten()
+    probs = warp(logits[sample_rows], batch.select(sample_rows)).softmax(dim=-1)
+    unseeded = [i for i, r in enumerate(sample_rows.tolist()) if batch.generators[r] is None]
+    if unseeded:
+        idx = torch.tensor(unseeded, device=logits.device)
+        tokens[sample_rows[idx]] = torch.multinomial(probs[idx], 1).flatten()
+    for i, r in enumerate(sample_rows.tolist()):
+        g = batch.generators[r]
+        if g is not None:
+            tokens[r] = torch.multinomial(probs[i], 1, generator=g)[0]
     return tokens, logprobs.gather(1, tokens[:, None])[:, 0]

@@ -1,0 +1,1 @@
+"""Speed benchmarks: `sora bench model` and scripts comparing Sora with other runtimes."""

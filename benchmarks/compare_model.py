@@ -1,0 +1,189 @@
+"""Sora vs CTranslate2 vs Hugging Face: greedy generation speed, same shape, same sources.
+
+Run in a separate virtual environment: CTranslate2 and transformers are benchmark-only
+and never dependencies of Sora.
+
+    python3 -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch==2.13.0 ctranslate2 transformers sentencepiece
+    /work/bench-venv/bin/pip install -e /work/main
+    cd /work/main && /work/bench-venv/bin/python benchmarks/compare_model.py
+
+All three get random weights of one shape (speed depends on shapes only). The Hugging
+Face model is an M2M100 (NLLB) configuration, the architecture CTranslate2 converts that
+is closest to Sora's: pre-LayerNorm blocks with final encoder/decoder norms, sinusoidal
+positions, scaled and tied embeddings, GELU feed-forward. It is converted to CTranslate2
+(fp32) with `TransformersConverter`. Every engine decodes greedily exactly `new_tokens`
+tokens per source, in fp32 on `threads` intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.model_bench import (
+    SHAPES,
+    BenchResult,
+    BenchShape,
+    bench_sora,
+    build_model,
+    format_table,
+    make_sources,
+    time_batches,
+)
+
+# M2M100's special ids; plain tokens are "t<id>" so source ids map one to one.
+HF_BOS, HF_PAD, HF_EOS, HF_UNK = 0, 1, 2, 3
+
+
+def build_hf(shape: BenchShape, out_dir: Path, seed: int = 0) -> object:
+    """A random-weight M2M100 of `shape` saved with a word-level tokenizer to `out_dir`."""
+    from tokenizers import Tokenizer, models
+    from transformers import (
+        M2M100Config,
+        M2M100ForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
+
+    config = M2M100Config(
+        vocab_size=shape.vocab_size,
+        d_model=shape.d_model,
+        encoder_layers=shape.n_encoder_layers,
+        decoder_layers=shape.n_decoder_layers,
+        encoder_attention_heads=shape.n_heads,
+        decoder_attention_heads=shape.n_heads,
+        encoder_ffn_dim=shape.d_ff,
+        decoder_ffn_dim=shape.d_ff,
+        activation_function="gelu",
+        scale_embedding=True,
+        max_position_embeddings=256,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        bos_token_id=HF_BOS,
+        pad_token_id=HF_PAD,
+        eos_token_id=HF_EOS,
+        decoder_start_token_id=HF_EOS,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = M2M100ForConditionalGeneration(config).eval()
+    model.save_pretrained(out_dir)
+    vocab = {"<s>": HF_BOS, "<pad>": HF_PAD, "</s>": HF_EOS, "<unk>": HF_UNK}
+    vocab.update({f"t{i}": i for i in range(4, shape.vocab_size)})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+    )
+    tok.save_pretrained(out_dir)
+    return model
+
+
+def bench_ct2(
+    model_dir: Path, sources: list[list[int]], batch_sizes: list[int], new_tokens: int,
+    threads: int, repeats: int,
+) -> list[BenchResult]:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(
+        str(model_dir), device="cpu", compute_type="float32", inter_threads=1,
+        intra_threads=threads,
+    )
+    tokens = [[f"t{i}" if i >= 4 else "</s>" for i in src] for src in sources]
+    lengths: list[int] = []
+
+    def run(chunk: list[list[str]]) -> object:
+        out = translator.translate_batch(
+            chunk, beam_size=1, min_decoding_length=new_tokens,
+            max_decoding_length=new_tokens, return_scores=False,
+        )
+        lengths.extend(len(r.hypotheses[0]) for r in out)
+        return out
+
+    results = []
+    for bs in batch_sizes:
+        times = time_batches(run, tokens, bs, repeats)  # type: ignore[arg-type]
+        results.append(BenchResult("ct2", bs, len(sources) * new_tokens, times))
+    if set(lengths) != {new_tokens}:
+        print(f"warning: CTranslate2 produced lengths {sorted(set(lengths))}", file=sys.stderr)
+    return results
+
+
+def bench_hf(
+    model: object, sources: list[list[int]], batch_sizes: list[int], new_tokens: int,
+    repeats: int,
+) -> list[BenchResult]:
+    def run(chunk: list[list[int]]) -> object:
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), HF_PAD, dtype=torch.long)
+        for i, s in enumerate(chunk):
+            ids[i, : len(s)] = torch.tensor(s)
+        with torch.inference_mode():
+            out = model.generate(  # type: ignore[attr-defined]
+                input_ids=ids, attention_mask=ids != HF_PAD, do_sample=False, num_beams=1,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            )
+        assert out.shape[1] == new_tokens + 1, out.shape  # decoder start + new tokens
+        return out
+
+    return [
+        BenchResult("hf", bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
+        for bs in batch_sizes
+    ]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-sizes", default="1,16,64")
+    p.add_argument("--shape", default="small", choices=sorted(SHAPES))
+    p.add_argument("--num-sources", type=int, default=256)
+    p.add_argument("--hf-num-sources", type=int, default=64,
+                   help="Hugging Face is slow at batch 1: time it on the first N sources")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engines", default="sora,ct2,hf")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    shape = SHAPES[args.shape]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    engines = args.engines.split(",")
+    # Ids from 4 up: every engine reads them as plain tokens (M2M100 reserves 0-3).
+    sources = make_sources(shape, args.num_sources, seed=0, first_id=4)
+    print(f"shape {args.shape}: {shape}")
+    print(f"{len(sources)} sources, {args.new_tokens} new tokens each, greedy, fp32, "
+          f"{args.threads} threads, median of {args.repeats} (HF: first {args.hf_num_sources})")
+
+    results: list[BenchResult] = []
+    if "sora" in engines:
+        results += bench_sora(build_model(shape), sources, sizes, args.new_tokens, args.repeats)
+        print(format_table(results), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
+        hf_model = build_hf(shape, hf_dir)
+        if "ct2" in engines:
+            import ctranslate2
+
+            ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
+            results += bench_ct2(ct2_dir, sources, sizes, args.new_tokens, args.threads,
+                                 args.repeats)
+            print(format_table(results, reference="ct2"), flush=True)
+        if "hf" in engines:
+            results += bench_hf(hf_model, sources[: args.hf_num_sources], sizes,
+                                args.new_tokens, args.repeats)
+    print()
+    print(format_table(results, reference="ct2" if "ct2" in engines else None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Greedy-generation throughput of a random-weight Sora model (`sora bench model`).
+
+Random weights are enough: speed depends on shapes, not on what the weights say, and
+`ignore_eos` makes every source produce exactly `new_tokens` tokens. Sources are random
+ids of random lengths from a seeded generator, so every run (and the comparison with
+CTranslate2 / Hugging Face in `benchmarks/compare_model.py`) sees the same inputs.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from model.config import SoraConfig
+from model.generation import generate
+from model.sampling import DecodingParams
+from model.sora import Sora
+from model.tokenizer import SoraTokenizer
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_encoder_layers: int
+    n_decoder_layers: int
+    d_ff: int
+    min_source_len: int
+    max_source_len: int
+
+    def config(self) -> SoraConfig:
+        return SoraConfig(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_encoder_layers=self.n_encoder_layers,
+            n_decoder_layers=self.n_decoder_layers,
+            d_ff=self.d_ff,
+            dropout=0.0,
+        )
+
+
+SHAPES = {
+    "small": BenchShape(8000, 256, 4, 3, 3, 1024, 8, 48),
+    "base": BenchShape(32000, 512, 8, 6, 6, 2048, 8, 48),
+}
+
+
+@dataclass
+class BenchResult:
+    name: str
+    batch_size: int
+    tokens: int  # generated tokens per repeat
+    seconds: list[float]  # wall time of each repeat
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.median_s
+
+
+def make_sources(shape: BenchShape, n: int, seed: int = 0, first_id: int = 3) -> list[list[int]]:
+    """`n` random sources of min..max_source_len ids (eos, id 2, last), seeded."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(shape.min_source_len, shape.max_source_len)
+        out.append([rng.randrange(first_id, shape.vocab_size) for _ in range(length - 1)] + [2])
+    return out
+
+
+def build_model(shape: BenchShape, seed: int = 0) -> Sora:
+    torch.manual_seed(seed)
+    return Sora(shape.config()).eval()
+
+
+class _NoText:
+    """Stands in for the tokenizer: the benchmark times ids, not detokenization."""
+
+    def decode_batch(self, batch: list[list[int]], skip_special: bool = True) -> list[str]:
+        return [""] * len(batch)
+
+
+def time_batches(
+    run: Callable[[list[list[int]]], object],
+    sources: list[list[int]],
+    batch_size: int,
+    repeats: int,
+) -> list[float]:
+    """Wall seconds of `repeats` passes of `run` over `sources` in chunks of batch_size."""
+    chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+    run(chunks[0])  # warm-up: allocator, kernels, lazy init
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for chunk in chunks:
+            run(chunk)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_sora(
+    model: Sora,
+    sources: list[list[int]],
+    batch_sizes: list[int],
+    new_tokens: int,
+    repeats: int = 3,
+) -> list[BenchResult]:
+    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+    tokenizer = cast(SoraTokenizer, _NoText())
+
+    def run(chunk: list[list[int]]) -> object:
+        return generate(model, tokenizer, chunk, params)
+
+    return [
+        BenchResult("sora", bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
+        for bs in batch_sizes
+    ]
+
+
+def format_table(results: list[BenchResult], reference: str | None = None) -> str:
+    """Rows per batch size, one tokens/s column per engine, plus ratios to `reference`."""
+    names = list(dict.fromkeys(r.name for r in results))
+    sizes = sorted({r.batch_size for r in results})
+    by = {(r.name, r.batch_size): r for r in results}
+    head = ["batch", *(f"{n} tok/s" for n in names)]
+    others = [n for n in names if reference and n != reference]
+    head += [f"{n}/{reference}" for n in others]
+    rows = [head]
+    for bs in sizes:
+        row = [str(bs)]
+        for n in names:
+            r = by.get((n, bs))
+            row.append(f"{r.tokens_per_s:.0f}" if r else "-")
+        for n in others:
+            a, b = by.get((n, bs)), by.get((reference or "", bs))
+            row.append(f"{a.tokens_per_s / b.tokens_per_s:.2f}" if a and b else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -1,0 +1,184 @@
+"""Greedy, sampling and beam search on the tiny model: exact, reproducible outcomes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.generation import GenerationResult, generate
+from model.sampling import DecodingParams, banned_ngram_tokens
+from model.sora import Sora
+from model.tokenizer import SoraTokenizer
+
+
+def sources(tok: SoraTokenizer) -> list[list[int]]:
+    return [
+        tok.source_ids("translate", "Hello world", target_lang="de"),
+        tok.source_ids("summarize", "The meeting covered budgets, hiring and the roadmap."),
+        tok.source_ids("answer", "Capital?", context="Paris is the capital of France."),
+        tok.source_ids("translate", "你好 🙂", target_lang="fr"),
+    ]
+
+
+def constant_model(model: Sora, favourite: int, scale: float = 40.0) -> Sora:
+    """A copy whose logits ignore the input: the final norm outputs a constant vector
+    aligned with `favourite`'s (tied) embedding, so that token always wins."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.decoder_norm.weight.zero_()
+        m.decoder_norm.bias.copy_(scale * m.embed.weight[favourite])
+    return m
+
+
+def run(model: Sora, tok: SoraTokenizer, **kw: object) -> list[GenerationResult]:
+    return generate(model, tok, sources(tok), DecodingParams(**kw))  # type: ignore[arg-type]
+
+
+def test_greedy_result_fields(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    results = run(tiny_model, tiny_tokenizer, max_new_tokens=6)
+    assert len(results) == 4
+    for r in results:
+        assert r.finish_reason in ("eos", "length")
+        assert len(r.token_ids) <= 6
+        assert tiny_tokenizer.eos_id not in r.token_ids
+        assert r.text == tiny_tokenizer.decode(r.token_ids)
+        assert r.logprob <= 0.0
+
+
+def test_greedy_batch_equals_one_by_one(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    params = DecodingParams(max_new_tokens=8)
+    together = generate(tiny_model, tiny_tokenizer, sources(tiny_tokenizer), params)
+    for src, r in zip(sources(tiny_tokenizer), together, strict=True):
+        (alone,) = generate(tiny_model, tiny_tokenizer, [src], params)
+        assert alone.token_ids == r.token_ids
+        assert alone.logprob == pytest.approx(r.logprob, abs=1e-4)
+
+
+def test_empty_input(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    assert generate(tiny_model, tiny_tokenizer, [], DecodingParams()) == []
+
+
+def test_finish_reasons(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    eos = tiny_tokenizer.eos_id
+    eager = constant_model(tiny_model, eos)
+    for r in run(eager, tiny_tokenizer, max_new_tokens=5):
+        assert (r.token_ids, r.finish_reason) == ([], "eos")
+        assert r.logprob == pytest.approx(0.0, abs=1e-3)  # eos is near-certain
+    for r in run(constant_model(tiny_model, 100), tiny_tokenizer, max_new_tokens=5):
+        assert (r.token_ids, r.finish_reason) == ([100] * 5, "length")
+
+
+def test_min_new_tokens(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    eager = constant_model(tiny_model, tiny_tokenizer.eos_id)
+    for r in run(eager, tiny_tokenizer, max_new_tokens=10, min_new_tokens=3):
+        assert len(r.token_ids) == 3 and r.finish_reason == "eos"
+        assert tiny_tokenizer.eos_id not in r.token_ids
+
+
+def test_ignore_eos_gives_exactly_max_new_tokens(
+    tiny_model: Sora, tiny_tokenizer: SoraTokenizer
+) -> None:
+    eager = constant_model(tiny_model, tiny_tokenizer.eos_id)
+    for strategy in ("greedy", "sample"):
+        for r in run(eager, tiny_tokenizer, strategy=strategy, max_new_tokens=7, ignore_eos=True):
+            assert len(r.token_ids) == 7 and r.finish_reason == "length"
+            assert tiny_tokenizer.eos_id not in r.token_ids
+
+
+def test_no_repeat_ngram(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    repeater = constant_model(tiny_model, 100)
+    (plain,) = generate(repeater, tiny_tokenizer, sources(tiny_tokenizer)[:1],
+                        DecodingParams(max_new_tokens=12))
+    assert plain.token_ids == [100] * 12
+    for n in (1, 2, 3):
+        for r in run(repeater, tiny_tokenizer, max_new_tokens=12, no_repeat_ngram_size=n):
+            grams = [tuple(r.token_ids[i : i + n]) for i in range(len(r.token_ids) - n + 1)]
+            assert len(r.token_ids) == 12
+            assert len(grams) == len(set(grams)), f"repeated {n}-gram in {r.token_ids}"
+
+
+def test_banned_ngram_tokens() -> None:
+    history = torch.tensor([5, 6, 7, 5, 6])
+    assert banned_ngram_tokens(history, 3).tolist() == [7]  # "5 6" was followed by 7
+    assert banned_ngram_tokens(history, 2).tolist() == [7]  # "6" was followed by 7
+    assert sorted(banned_ngram_tokens(history, 1).tolist()) == [5, 5, 6, 6, 7]
+    assert banned_ngram_tokens(history, 6).numel() == 0
+
+
+def test_sampling_same_seed_same_output(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    kw = {"strategy": "sample", "max_new_tokens": 12, "temperature": 1.5, "ignore_eos": True}
+    first = run(tiny_model, tiny_tokenizer, seed=7, **kw)
+    again = run(tiny_model, tiny_tokenizer, seed=7, **kw)
+    other = run(tiny_model, tiny_tokenizer, seed=8, **kw)
+    assert [r.token_ids for r in first] == [r.token_ids for r in again]
+    assert [r.token_ids for r in first] != [r.token_ids for r in other]
+    greedy = run(tiny_model, tiny_tokenizer, max_new_tokens=12, ignore_eos=True)
+    assert [r.token_ids for r in first] != [r.token_ids for r in greedy]
+
+
+@pytest.mark.parametrize("filt", [{"top_k": 1}, {"top_p": 1e-6}], ids=["top_k=1", "top_p~0"])
+def test_filtered_sampling_equals_greedy(
+    tiny_model: Sora, tiny_tokenizer: SoraTokenizer, filt: dict[str, object]
+) -> None:
+    greedy = run(tiny_model, tiny_tokenizer, max_new_tokens=10)
+    sampled = run(tiny_model, tiny_tokenizer, strategy="sample", temperature=2.0,
+                  max_new_tokens=10, **filt)
+    assert [r.token_ids for r in sampled] == [r.token_ids for r in greedy]
+    for s, g in zip(sampled, greedy, strict=True):
+        assert s.finish_reason == g.finish_reason
+        assert s.logprob == pytest.approx(g.logprob, abs=1e-4)
+
+
+def test_beam_size_one_equals_greedy(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    greedy = run(tiny_model, tiny_tokenizer, max_new_tokens=10)
+    beam = run(tiny_model, tiny_tokenizer, strategy="beam", beam_size=1, max_new_tokens=10)
+    for b, g in zip(beam, greedy, strict=True):
+        assert (b.token_ids, b.finish_reason) == (g.token_ids, g.finish_reason)
+        assert b.logprob == pytest.approx(g.logprob, abs=1e-4)
+
+
+def test_beam_beats_greedy(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    """Greedy is myopic: on some sources a wider beam finds a sequence whose total
+    log-probability is higher. length_penalty=0 compares raw log-probabilities."""
+    srcs = [tiny_tokenizer.source_ids("summarize", w) for w in
+            ("alpha", "beta gamma", "Hello world", "Grüße", "你好", "🙂 ok", "Paris", "x y z")]
+    greedy = generate(tiny_model, tiny_tokenizer, srcs, DecodingParams(max_new_tokens=6))
+    beam = generate(tiny_model, tiny_tokenizer, srcs, DecodingParams(
+        strategy="beam", beam_size=4, length_penalty=0.0, early_stopping=False, max_new_tokens=6))
+    gains = [b.logprob - g.logprob for b, g in zip(beam, greedy, strict=True)]
+    assert all(gain >= -1e-4 for gain in gains), gains  # never worse here
+    assert max(gains) > 0.1, gains  # and strictly better somewhere
+    for b in beam:
+        assert b.text == tiny_tokenizer.decode(b.token_ids)
+
+
+def test_beam_finish_reasons(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    src = sources(tiny_tokenizer)[:1]
+    eager = constant_model(tiny_model, tiny_tokenizer.eos_id)
+    (r,) = generate(eager, tiny_tokenizer, src, DecodingParams(strategy="beam", beam_size=3))
+    assert (r.token_ids, r.finish_reason) == ([], "eos")
+    (r,) = generate(constant_model(tiny_model, 100), tiny_tokenizer, src,
+                    DecodingParams(strategy="beam", beam_size=3, max_new_tokens=4))
+    assert r.finish_reason == "length" and len(r.token_ids) == 4
+    assert r.token_ids[0] == 100
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"min_new_tokens": 5, "max_new_tokens": 4}, "min_new_tokens"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"strategy": "beam", "beam_size": 17}, "beam_size"),
+        ({"strategy": "nucleus"}, "strategy"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ],
+)
+def test_invalid_params_name_field(kw: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: ") as info:
+        DecodingParams(**kw)  # type: ignore[arg-type]
+    assert info.value.field == field  # type: ignore[attr-defined]
