@@ -188,7 +188,8 @@ def load_checkpoint(
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             path / "tokenizer.json",
-            f"tokenizer has {tokenizer.vocab_size} tokens, config vocab_size is {config.vocab_size}",
+            f"tokenizer has {tokenizer.vocab_size} tokens, "
+            f"config vocab_size is {config.vocab_size}",
         )
     try:
         tensors = load_file(str(path / "model.safetensors"))

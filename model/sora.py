@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ class ModelOutput:
 
 
 class Sora(nn.Module):
+    pos_table: Tensor  # (positions, d_model) sinusoidal table, a non-persistent buffer
+
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
         self.config = config
@@ -92,7 +95,7 @@ class Sora(nn.Module):
         h, d = self.config.n_heads, self.config.head_dim
         cross_k, cross_v = [], []
         for layer in self.decoder_layers:
-            k, v = layer.cross_attn.project_memory(memory)
+            k, v = cast(DecoderLayer, layer).cross_attn.project_memory(memory)
             cross_k.append(k)
             cross_v.append(v)
         capacity = min(capacity, self.config.max_target_positions)
@@ -123,7 +126,7 @@ class Sora(nn.Module):
         slot = cache.begin_step()
         x = self._embed(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
         for i, layer in enumerate(self.decoder_layers):
-            x = layer.step(x, cache, i, slot)
+            x = cast(DecoderLayer, layer).step(x, cache, i, slot)
         cache.end_step()
         return self.output_logits(self.decoder_norm(x[:, 0]))
 

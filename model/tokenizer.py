@@ -37,7 +37,7 @@ class SoraTokenizer:
     def __post_init__(self) -> None:
         # Byte-level pre-tokenizer already maps every byte; no post-processor: Sora adds
         # its own bos/eos and task prefixes explicitly.
-        self.tokenizer.post_processor = None  # type: ignore[assignment]
+        self.tokenizer.post_processor = None
         self.special_ids = {}
         for tok in SPECIAL_TOKENS:
             tid = self.tokenizer.token_to_id(tok)

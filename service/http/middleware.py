@@ -115,7 +115,7 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.limit:
             message = f"request body exceeds the limit of {self.limit} bytes"
             # Open Inference Protocol routes have their own error shape.
-            body = (
+            body: dict[str, object] = (
                 {"error": message}
                 if scope.get("path", "").startswith("/v2")
                 else error_body("payload_too_large", message)
