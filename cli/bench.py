@@ -5,9 +5,9 @@ http, ...) add their own."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable
 
 
 def _int_list(text: str) -> list[int]:
@@ -35,22 +35,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=run_model)
 
+    # Serving benchmarks keep their own options: `sora bench engine -h` lists them.
+    passthrough = {
+        "engine": ("benchmarks.engine_bench", [], "continuous batching vs one-at-a-time"),
+        "http": ("benchmarks.load", ["--protocol", "http"], "HTTP load at 1/16/64 clients"),
+        "grpc": ("benchmarks.load", ["--protocol", "grpc"], "gRPC load at 1/16/64 clients"),
+    }
+    for name, (module, preset, text) in passthrough.items():
+        t = targets.add_parser(name, help=text, add_help=False)
+        t.set_defaults(func=_passthrough(module, preset), passthrough=True)
 
-def _model_bench() -> ModuleType:
-    try:
-        from benchmarks import model_bench
-    except ImportError:
-        # benchmarks/ sits next to cli/ in a source checkout but is not an installed
-        # package; a development command may reach for it there.
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks import model_bench
-    return model_bench
+
+def _passthrough(module: str, preset: list[str]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module).main([*preset, *args.extra]) or 0)
+
+    return run
 
 
 def run_model(args: argparse.Namespace) -> int:
     import torch
 
-    mb = _model_bench()
+    from benchmarks import model_bench as mb
+
     if args.shape not in mb.SHAPES:
         print(f"error: --shape must be one of {', '.join(mb.SHAPES)}", file=sys.stderr)
         return 2
