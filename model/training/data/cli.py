@@ -56,6 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     convert.set_defaults(func=run_convert)
 
+    sample = commands.add_parser(
+        "sample", help="cut a small fixed evaluation split (per direction/template) from a build"
+    )
+    sample.add_argument("--data", type=Path, required=True, help="a `sora data debian` output")
+    sample.add_argument("--out", type=Path, required=True)
+    sample.add_argument("--split", default="test")
+    sample.add_argument("--per-group", type=int, default=100)
+    sample.add_argument("--min-per-task", type=int, default=300)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=run_sample)
+
 
 def run_debian(args: argparse.Namespace) -> int:
     """Fetch the lists if needed, then build; logs the per-task counts."""
@@ -93,4 +104,18 @@ def run_convert(args: argparse.Namespace) -> int:
     count = write_jsonl(tmp, records)
     tmp.replace(args.out)
     log.info("wrote %d records to %s", count, args.out)
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from model.training.data.sample import sample_split
+
+    if not args.data.is_dir():
+        log.error("%s: not a data directory", args.data)
+        return 2
+    counts = sample_split(
+        args.data, args.out, args.split, args.per_group, args.min_per_task, args.seed
+    )
+    for task, groups in counts.items():
+        log.info("%s: %s", task, ", ".join(f"{g} {n}" for g, n in groups.items()))
     return 0

@@ -391,3 +391,23 @@ def test_cli_debian_with_lists(tmp_path: Path) -> None:
     assert args.func(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["counts"]["translate"]["train"]) == {"en-de", "de-en"}
+
+
+def test_sample_split_is_fixed_and_balanced(built: Path, tmp_path: Path) -> None:
+    from model.training.data.sample import group_of, sample_split
+
+    a = sample_split(built, tmp_path / "a", split="train", per_group=2, min_per_task=6)
+    b = sample_split(built, tmp_path / "b", split="train", per_group=2, min_per_task=6)
+    assert a == b
+    assert (tmp_path / "a" / "translate.train.jsonl").read_bytes() == (
+        tmp_path / "b" / "translate.train.jsonl"
+    ).read_bytes()
+    full = {}
+    for r in read_jsonl(built / "translate.train.jsonl"):
+        full.setdefault(group_of(r), 0)
+        full[group_of(r)] += 1
+    # Every direction present in the build is sampled, with at most 2 (or all) of each.
+    assert a["translate"] == {g: min(n, 2) for g, n in full.items()}
+    # One group only: the task minimum applies.
+    assert a["summarize"] == {"all": 6}
+    assert len(_jsonl(tmp_path / "a" / "answer.train.jsonl")) == sum(a["answer"].values())
