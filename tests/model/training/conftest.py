@@ -13,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_DATA = ROOT / "tests" / "fixtures" / "train-tiny"
+# Tiny models gain nothing from intra-op threads, and on a busy machine spinning
+# threads slow them down many times over.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def sora_train(*args: str, env: dict[str, str] | None = None, check: bool = True,
@@ -21,7 +24,7 @@ def sora_train(*args: str, env: dict[str, str] | None = None, check: bool = True
     cmd = [sys.executable, "-m", "cli.main", "--log-level", "WARNING", "train", *args,
            "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **ONE_THREAD, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -92,7 +92,7 @@ def test_invalid_values(override: dict[str, Any], message: str) -> None:
 def test_overrides_and_unknown_override() -> None:
     r = load_recipe("tiny", {"finetune.lr": 1e-4, "model.dropout": 0.0})
     assert r.finetune.lr == 1e-4 and r.model.dropout == 0.0
-    with pytest.raises(RecipeError, match="finetune.nope: unknown key"):
+    with pytest.raises(RecipeError, match=r"finetune\.nope: unknown key"):
         load_recipe("tiny", {"finetune.nope": 1})
 
 

@@ -37,7 +37,8 @@ def _kill_when(out: Path, stage: str, step: int, resume: bool) -> None:
            "--data", str(TINY_DATA), "--out", str(out), "--no-progress"]
     if resume:
         cmd.append("--resume")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 600
     try:
         while _state_step(out, stage) < step:

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from model.checkpoint import load_checkpoint
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.tokenizer import N_SENTINELS, SoraTokenizer
 from model.training.batching import TokenTable, shard, token_budget_batches
+from model.training.data.records import SummarizeRecord, TranslateRecord
 from model.training.finetune import encode_records, read_split
 from model.training.plot import read_metrics
 from model.training.pretrain import noise_counts, span_corrupt
-from model.training.trainer import lr_at
 from model.training.recipe import load_recipe
+from model.training.trainer import lr_at
 
 STAGES = ("pretrain", "finetune", "adversarial")
 
@@ -85,7 +85,7 @@ def test_span_corruption_roundtrip() -> None:
     assert src[-1] == 2 and len(src) == 60 - noise[0] + spans[0] + 1
     assert len(tgt) == noise[0] + spans[0]
     # putting the spans back gives the original line
-    pieces = {}
+    pieces: dict[int | None, list[int]] = {}
     cur = None
     for t in tgt:
         if t in sentinels:
@@ -117,12 +117,12 @@ def test_batch_encoding_matches_serving_inputs(tiny_run: Path, tiny_data: Path) 
     records = read_split(tiny_data, "valid", ["translate", "summarize", "answer"], 3)
     ex = encode_records(tok, records, 10_000, 10_000)
     for i, r in enumerate(records):
-        if r.task == "translate":
+        if isinstance(r, TranslateRecord):
             want = tok.source_ids("translate", r.source, target_lang=r.tgt_lang)
-        elif r.task == "summarize":
+        elif isinstance(r, SummarizeRecord):
             want = tok.source_ids("summarize", r.source)
         else:
             want = tok.source_ids("answer", r.question, context=r.context)
         assert ex.src[i].tolist() == want
     assert isinstance(ex.src, TokenTable) and len(ex) == len(records)
-    torch.manual_seed(0)
+
