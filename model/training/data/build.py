@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import sha256_file
+
 from .debian import Lists, load_lists
 from .examples import lang_code, monolingual_lines, summarization_examples, translation_examples
 from .qa import answer_examples
@@ -66,15 +68,6 @@ def split_of(source_package: str, valid_frac: float, test_frac: float) -> str:
     if bucket < valid_frac + test_frac:
         return "test"
     return "train"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _order_key(seed: int, key: tuple[str, ...]) -> str:

@@ -31,6 +31,7 @@ from .records import (
     SummarizeRecord,
     TranslateRecord,
     from_dict,
+    json_objects,
 )
 
 _SUMMARY_SOURCES = ("text", "source", "document")
@@ -127,19 +128,9 @@ def _read_jsonl(
     path: Path, task: str | None, src_lang: str | None, tgt_lang: str | None
 ) -> list[Record]:
     """JSONL in any supported shape; the shape is decided per line from its fields."""
-    records: list[Record] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            records.append(_from_object(obj, where, task, src_lang, tgt_lang))
+    records: list[Record] = [
+        _from_object(obj, where, task, src_lang, tgt_lang) for where, obj in json_objects(path)
+    ]
     return records
 
 

@@ -122,8 +122,9 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> int:
     return count
 
 
-def read_jsonl(path: Path) -> Iterator[Record]:
-    """Read records written by :func:`write_jsonl`; errors name the file and line."""
+def json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-blank line of a JSONL file; `where` is "file:line",
+    and malformed lines raise ValueError naming it."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -134,5 +135,11 @@ def read_jsonl(path: Path) -> Iterator[Record]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: invalid JSON ({exc.msg})") from exc
             if not isinstance(data, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            yield from_dict(data, where)
+                raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+            yield where, data
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    """Read records written by :func:`write_jsonl`; errors name the file and line."""
+    for where, data in json_objects(path):
+        yield from_dict(data, where)
