@@ -34,6 +34,8 @@ class KVCache:
     # Whether any slot/source position is padding; lets attention skip the mask.
     self_padded: bool = False
     src_padded: bool = False
+    # Largest entry of `positions`, kept on the host so a step needs no device sync.
+    max_position: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -79,11 +81,13 @@ class KVCache:
     def end_step(self) -> None:
         self.length += 1
         self.positions += 1
+        self.max_position += 1
 
     def select(self, index: Tensor) -> KVCache:
         """Rows `index` (reordered, dropped or repeated) as a new cache."""
         valid = self.self_valid.index_select(0, index)
         src_valid = self.src_valid.index_select(0, index)
+        positions = self.positions.index_select(0, index)
         cache = KVCache(
             self_k=[k.index_select(0, index) for k in self.self_k],
             self_v=[v.index_select(0, index) for v in self.self_v],
@@ -92,9 +96,10 @@ class KVCache:
             cross_k=[k.index_select(0, index) for k in self.cross_k],
             cross_v=[v.index_select(0, index) for v in self.cross_v],
             src_valid=src_valid,
-            positions=self.positions.index_select(0, index),
+            positions=positions,
             self_padded=self.self_padded,
             src_padded=self.src_padded,
+            max_position=int(positions.max()) if positions.numel() else 0,
         )
         cache.compact()
         return cache
@@ -171,4 +176,5 @@ class KVCache:
             positions=torch.cat([c.positions for c in caches]),
             self_padded=not bool(all_valid[:, :length].all()),
             src_padded=not bool(all_src_valid.all()),
+            max_position=max(c.max_position for c in caches),
         )

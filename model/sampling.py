@@ -8,7 +8,7 @@ blocking touch rows one by one, and only the rows that asked for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -77,6 +77,16 @@ class SamplingBatch:
     ignore_eos: Tensor  # (batch,) bool
     no_repeat: list[int]  # per row n-gram size (0 = off)
     generators: list[torch.Generator | None]  # per row, seeded sampling only
+    # Whether any row needs sampling / eos rules / n-gram blocking: decided once per
+    # batch, so a plain greedy step skips those passes without a device sync.
+    any_sample: bool = field(init=False)
+    any_eos_rule: bool = field(init=False)
+    any_no_repeat: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.any_sample = bool(self.do_sample.any())
+        self.any_eos_rule = bool(self.ignore_eos.any() or (self.min_new_tokens > 0).any())
+        self.any_no_repeat = any(self.no_repeat)
 
     @classmethod
     def from_params(cls, params: list[DecodingParams], device: torch.device) -> SamplingBatch:
@@ -142,9 +152,11 @@ def constrain(
 ) -> Tensor:
     """Mask tokens a row may not produce now: eos before min length or when ignored,
     and n-gram repeats. logits: (batch, vocab) float; generated: (batch, steps)."""
-    block_eos = batch.ignore_eos | (n_generated < batch.min_new_tokens)
-    if bool(block_eos.any()):
+    if batch.any_eos_rule:
+        block_eos = batch.ignore_eos | (n_generated < batch.min_new_tokens)
         logits[:, eos_id] = logits[:, eos_id].masked_fill(block_eos, NEG_INF)
+    if not batch.any_no_repeat:
+        return logits
     for row, n in enumerate(batch.no_repeat):
         if n:
             banned = banned_ngram_tokens(generated[row, : int(n_generated[row])], n)
@@ -179,7 +191,7 @@ def choose(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
     # One max() gives the greedy token and its log-probability (argmax + gather would
     # pass over the vocabulary twice).
     top, tokens = logprobs.max(dim=-1)
-    if not bool(batch.do_sample.any()):
+    if not batch.any_sample:
         return tokens, top
     sample_rows = batch.do_sample.nonzero().flatten()
     probs = warp(logits[sample_rows], batch.select(sample_rows)).softmax(dim=-1)

@@ -119,7 +119,7 @@ class Sora(nn.Module):
 
     def decode_step(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """tokens: (batch,) the last token of each row. Returns (batch, vocab) logits."""
-        if int(cache.positions.max()) >= self.config.max_target_positions:
+        if cache.max_position >= self.config.max_target_positions:
             raise ValueError(
                 f"target longer than max_target_positions ({self.config.max_target_positions})"
             )

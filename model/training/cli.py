@@ -96,8 +96,11 @@ class _ProgressLog:
     def __init__(self, every_s: float = 60.0) -> None:
         self.every_s = every_s
         self.last = -1e9
+        self.stage = ""
 
     def __call__(self, p: Any) -> None:
+        if p.stage != self.stage:  # each stage's clock starts at zero
+            self.stage, self.last = p.stage, -1e9
         if p.elapsed_s - self.last < self.every_s and p.step != p.max_steps:
             return
         self.last = p.elapsed_s

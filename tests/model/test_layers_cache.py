@@ -143,7 +143,8 @@ def test_concat_rejects_empty(tiny_model: Sora) -> None:
 def test_decode_past_max_target_positions(tiny_model: Sora) -> None:
     model = tiny_model
     cache = model.prefill(src_tensor(model, sources(model, [4])))
-    cache.positions.fill_(model.config.max_target_positions)
+    for _ in range(model.config.max_target_positions):
+        model.decode_step(torch.tensor([5]), cache)
     with pytest.raises(ValueError, match="max_target_positions"):
         model.decode_step(torch.tensor([5]), cache)
 
