@@ -153,22 +153,31 @@ def generate(
     reason = ["length"] * n
     out_tokens = torch.full_like(generated, cfg.pad_id)
     out_logprob = torch.zeros(n, device=device)
+    # Every row started together, so all have generated `step` tokens: writes go to one
+    # column and the length limit is a host-side check, with no per-row bookkeeping.
+    step = 0
     while rows.numel():
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
         tokens, lp = choose(logits, sampling)
-        generated[torch.arange(rows.numel(), device=device), n_gen] = tokens
+        generated[:, step] = tokens
         logprob += lp
         n_gen += 1
-        is_eos = (tokens == cfg.eos_id) & ~sampling.ignore_eos
-        done = is_eos | (n_gen >= sampling.max_new_tokens)
-        if not bool(done.any()):
+        step += 1
+        if params.ignore_eos:
+            is_eos = torch.zeros_like(tokens, dtype=torch.bool)
+        else:
+            is_eos = tokens == cfg.eos_id
+        if step >= params.max_new_tokens:
+            done = torch.ones_like(is_eos)
+        elif bool(is_eos.any()):
+            done = is_eos
+        else:
             continue
         for i in done.nonzero().flatten().tolist():
             r = int(rows[i])
-            length = int(n_gen[i]) - int(is_eos[i])
             out_tokens[r] = generated[i]
-            out_len[r] = length
+            out_len[r] = step - int(is_eos[i])
             out_logprob[r] = logprob[i]
             reason[r] = "eos" if bool(is_eos[i]) else "length"
         keep = (~done).nonzero().flatten()

@@ -57,15 +57,21 @@ class SelfAttention(nn.Module):
         return self.out(merge_heads(y))
 
     def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
-        """One new token per row: write its key/value at `slot`, attend to slots <= slot."""
-        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        """One new token per row: write its key/value at `slot`, attend to slots <= slot.
+        x: (batch, 1, d_model). With one position, (batch, 1, heads, head_dim) and
+        (batch, heads, 1, head_dim) share a memory order, so heads split and merge by
+        view alone: fewer ops per step, which is what batch-1 decoding pays for."""
+        b = x.shape[0]
+        h = self.n_heads
+        # (batch, 1, 3 * d_model) -> q, k, v each (batch, heads, 1, head_dim)
+        q, k, v = self.qkv(x).view(b, 3, h, 1, -1).unbind(1)
         keys, values = cache.self_k[layer], cache.self_v[layer]
-        keys[:, :, slot] = k[:, :, 0]
-        values[:, :, slot] = v[:, :, 0]
+        keys[:, :, slot : slot + 1] = k
+        values[:, :, slot : slot + 1] = v
         y = F.scaled_dot_product_attention(
             q, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=cache.self_mask(slot + 1)
         )
-        return self.out(merge_heads(y))
+        return self.out(y.reshape(b, 1, -1))
 
 
 class CrossAttention(nn.Module):
@@ -88,6 +94,13 @@ class CrossAttention(nn.Module):
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(merge_heads(y))
+
+    def step(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """forward() for one position per row (see SelfAttention.step on the views)."""
+        b = x.shape[0]
+        q = self.q(x).view(b, self.n_heads, 1, -1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.reshape(b, 1, -1))
 
 
 class FeedForward(nn.Module):
@@ -139,7 +152,7 @@ class DecoderLayer(nn.Module):
     def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
         """Incremental pass for one token per row. x: (batch, 1, d_model)."""
         x = x + self.self_attn.step(self.norm1(x), cache, layer, slot)
-        x = x + self.cross_attn(
+        x = x + self.cross_attn.step(
             self.norm2(x), cache.cross_k[layer], cache.cross_v[layer], cache.cross_mask()
         )
         return x + self.ffn(self.norm3(x))
