@@ -50,7 +50,7 @@ class TokenTable:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def save(self, path: Path, prefix: str, out: dict[str, np.ndarray]) -> None:
+    def to_arrays(self, prefix: str, out: dict[str, np.ndarray]) -> None:
         out[f"{prefix}.tokens"] = self.tokens
         out[f"{prefix}.offsets"] = self.offsets
 
@@ -63,7 +63,7 @@ def save_tables(path: Path, tables: dict[str, TokenTable]) -> None:
     """Write tables to one safetensors file (atomically: temp file, then rename)."""
     out: dict[str, np.ndarray] = {}
     for name, table in tables.items():
-        table.save(path, name, out)
+        table.to_arrays(name, out)
     tmp = path.with_name(path.name + ".tmp")
     save_file(out, str(tmp))
     tmp.replace(path)
