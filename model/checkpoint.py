@@ -85,6 +85,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from a serving user
         model.config.to_file(tmp / "config.json")
         tensors = {
             k: v.detach().to("cpu", DTYPES[dtype]).contiguous()
@@ -109,6 +110,7 @@ def save_checkpoint(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
+            f.chmod(0o644)
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
         old = None

@@ -10,6 +10,7 @@ baselines -> manifest "evaluation"; and the smaller subset the regression test r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -63,9 +64,13 @@ def main(run_final: str, target: Path = TARGET, write_readme: bool = True) -> in
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     tmp.replace(target / MANIFEST)
     if write_readme:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import readme_examples
-
+        # By file: putting tests/ on sys.path would shadow the service package.
+        spec = importlib.util.spec_from_file_location(
+            "readme_examples", ROOT / "tests" / "readme_examples.py"
+        )
+        assert spec is not None and spec.loader is not None
+        readme_examples = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(readme_examples)
         readme_examples.main(["--write"])
     return 0
 
