@@ -5,12 +5,13 @@ time to first token at several concurrency levels, over HTTP (SSE) or gRPC
     python -m benchmarks.load --url http://127.0.0.1:8000                 # a server
     python -m benchmarks.load --model-repository checkpoints/sora-default --compare
 
-Without --url it starts the server itself (in this process, on free ports) for
+Without --url it starts `sora serve` itself (in another process, on free ports) for
 --model-repository; --compare also starts a one-request-at-a-time server
 (max_batch_sequences=1) over the same checkpoint, so the table shows what continuous
 batching buys. Every request generates exactly --max-new-tokens tokens (ignore_eos), so
-the servers do the same work. Each level stops after --requests requests or --duration
-seconds, whichever comes first.
+the servers do the same work. Requests are unary (Translate) unless --stream asks for
+token streaming, which also measures time to first token. Each level stops after
+--requests requests or --duration seconds, whichever comes first.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -77,13 +81,19 @@ def pct(values: list[float], p: float) -> float:
 # -- one request ---------------------------------------------------------------------------
 
 
-async def http_request(client: httpx.AsyncClient, max_new_tokens: int) -> Sample:
-    body = {"text": TEXT, "target_lang": "de", "stream": True,
+async def http_request(client: httpx.AsyncClient, max_new_tokens: int, stream: bool) -> Sample:
+    body = {"text": TEXT, "target_lang": "de", "stream": stream,
             "options": {"max_new_tokens": max_new_tokens, "ignore_eos": True}}
     t0 = time.perf_counter()
     ttft = None
     event = "message"
     try:
+        if not stream:
+            r = await client.post("/v1/translate", json=body)
+            if r.status_code != 200:
+                return Sample(False, time.perf_counter() - t0, None, 0, str(r.status_code))
+            tokens = int(r.json()["usage"]["completion_tokens"])
+            return Sample(True, time.perf_counter() - t0, None, tokens)
         async with client.stream("POST", "/v1/translate", json=body) as r:
             if r.status_code != 200:
                 await r.aread()
@@ -106,9 +116,11 @@ async def http_request(client: httpx.AsyncClient, max_new_tokens: int) -> Sample
     return Sample(False, time.perf_counter() - t0, ttft, 0, "no done event")
 
 
-def grpc_caller(target: str, max_new_tokens: int) -> tuple[Callable[[], Awaitable[Sample]],
-                                                            Callable[[], Awaitable[None]]]:
-    """A GenerateStream caller (stubs imported only when gRPC is benchmarked)."""
+def grpc_caller(
+    target: str, max_new_tokens: int, stream: bool
+) -> tuple[Callable[[], Awaitable[Sample]], Callable[[], Awaitable[None]]]:
+    """A Translate (or, streaming, GenerateStream) caller; stubs are imported only when
+    gRPC is benchmarked."""
     import grpc
     import grpc.aio
 
@@ -116,15 +128,20 @@ def grpc_caller(target: str, max_new_tokens: int) -> tuple[Callable[[], Awaitabl
 
     channel = grpc.aio.insecure_channel(target)
     stub = sora_pb2_grpc.SoraStub(channel)
+    options = sora_pb2.DecodingOptions(max_new_tokens=max_new_tokens, ignore_eos=True)
     request = sora_pb2.GenerateStreamRequest(
-        task=sora_pb2.TASK_TRANSLATE, text=TEXT, target_lang="de",
-        options=sora_pb2.DecodingOptions(max_new_tokens=max_new_tokens, ignore_eos=True),
+        task=sora_pb2.TASK_TRANSLATE, text=TEXT, target_lang="de", options=options
     )
+    unary = sora_pb2.TranslateRequest(texts=[TEXT], target_lang="de", options=options)
 
     async def call() -> Sample:
         t0 = time.perf_counter()
         ttft, tokens = None, 0
         try:
+            if not stream:
+                reply = await stub.Translate(unary)
+                tokens = reply.results[0].usage.completion_tokens
+                return Sample(True, time.perf_counter() - t0, None, tokens)
             async for msg in stub.GenerateStream(request):
                 if ttft is None and msg.text:
                     ttft = time.perf_counter() - t0
@@ -145,7 +162,7 @@ def grpc_caller(target: str, max_new_tokens: int) -> tuple[Callable[[], Awaitabl
 
 async def run_level(name: str, http_url: str, grpc_target: str | None, protocol: str,
                     concurrency: int, requests: int, duration_s: float,
-                    max_new_tokens: int) -> Level:
+                    max_new_tokens: int, stream: bool = False) -> Level:
     left = requests
     deadline = time.monotonic() + duration_s
     samples: list[Sample] = []
@@ -155,11 +172,11 @@ async def run_level(name: str, http_url: str, grpc_target: str | None, protocol:
     if protocol == "grpc":
         if grpc_target is None:
             raise SystemExit("gRPC target unknown: pass --grpc-target")
-        call, close = grpc_caller(grpc_target, max_new_tokens)
+        call, close = grpc_caller(grpc_target, max_new_tokens, stream)
     else:
 
         async def call() -> Sample:
-            return await http_request(client, max_new_tokens)
+            return await http_request(client, max_new_tokens, stream)
 
     async def worker() -> None:
         nonlocal left
@@ -184,36 +201,43 @@ async def run_level(name: str, http_url: str, grpc_target: str | None, protocol:
 # -- local servers ---------------------------------------------------------------------------
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
 def local_server(repository: Path, **overrides: Any) -> Iterator[tuple[str, str | None]]:
-    """A SoraServer for `repository` on free loopback ports, in a background thread."""
-    from service.config import Settings
-    from service.main import SoraServer
-
+    """`sora serve` for `repository` on free loopback ports, in its own process so the
+    load generator does not share the server's interpreter (as a real client would not)."""
+    http_port, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, **{f"SORA_{k.upper()}": str(v) for k, v in overrides.items()}}
+    cmd = [sys.executable, "-m", "cli.main", "--log-level", "WARNING", "serve",
+           "--model-repository", str(repository), "--host", "127.0.0.1",
+           "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    proc = subprocess.Popen(cmd, env=env)
+    url = f"http://127.0.0.1:{http_port}"
     try:
-        import service.grpc.server  # noqa: F401
-
-        grpc_enabled = True
-    except ImportError:
-        grpc_enabled = False
-    settings = Settings(model_repository=repository, host="127.0.0.1", http_port=0,
-                        grpc_port=0, grpc_enabled=grpc_enabled, log_level="WARNING",
-                        **overrides)
-    server = SoraServer(settings)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(asyncio.run(server.run())),
-                              daemon=True)
-    thread.start()
-    while not server.ready.is_set():
-        if not thread.is_alive():
-            raise SystemExit(f"the server for {repository} failed to start")
-        time.sleep(0.05)
-    try:
-        grpc = f"127.0.0.1:{server.grpc_port}" if server.grpc_port else None
-        yield f"http://127.0.0.1:{server.http_port}", grpc
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the server for {repository} failed to start")
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server for {repository} was not ready in 300 s")
+            time.sleep(0.2)
+        yield url, f"127.0.0.1:{grpc_port}"
     finally:
-        server.request_stop()
-        thread.join(120)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # -- table -----------------------------------------------------------------------------------
@@ -239,7 +263,8 @@ async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Names
         for protocol in args.protocol:
             for concurrency in args.concurrency:
                 level = await run_level(name, http_url, grpc_target, protocol, concurrency,
-                                        args.requests, args.duration, args.max_new_tokens)
+                                        args.requests, args.duration, args.max_new_tokens,
+                                        args.stream)
                 rows.append(level.row())
                 print(format_table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
@@ -261,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=128, help="per level (default 128)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per level at most")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--stream", action="store_true",
+                   help="stream tokens (SSE / GenerateStream) and report time to first token")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines too")
     return p.parse_args(argv)
 
