@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.checkpoint import sha256_file
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.sora import Sora
@@ -118,14 +119,6 @@ def read_split(data_dir: Path, split: str, tasks: Sequence[str], limit: int = 0)
     return records
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_examples(
     tokenizer: SoraTokenizer,
     data_dir: Path,
@@ -141,7 +134,7 @@ def cached_examples(
     key = hashlib.sha256()
     key.update(tokenizer.tokenizer.to_str().encode())
     for task in tasks:
-        key.update(f"{task}:{_file_sha(data_dir / f'{task}.{split}.jsonl')}".encode())
+        key.update(f"{task}:{sha256_file(data_dir / f'{task}.{split}.jsonl')}".encode())
     key.update(f"{CACHE_VERSION}:{split}:{max_src}:{max_tgt}:{limit}".encode())
     path = cache_dir / f"{split}-{key.hexdigest()[:16]}.safetensors"
     if dist.is_main and not path.is_file():
