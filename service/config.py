@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantize_int8: bool = False
+    # torch intra-op threads; 0 keeps torch's default (one per core). On a small CPU, one
+    # fewer than the cores leaves the event loop a core of its own.
+    torch_threads: int = Field(default=0, ge=0)
 
     # -- batching limits (EngineConfig) --------------------------------------------------
     max_batch_sequences: int = Field(default=64, ge=1)

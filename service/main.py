@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 import uvicorn
 
 from model.checkpoint import CheckpointError
@@ -79,6 +80,8 @@ class SoraServer:
 
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
         self.settings = settings
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.metrics = Metrics()
         self.registry = registry or new_registry(settings)
         self.registry.add_listener(self.metrics)

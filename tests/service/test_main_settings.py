@@ -85,6 +85,7 @@ def test_api_keys_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"tls_cert_file": "/x.pem"}, "tls_cert_file"),
         ({"http_port": 9000, "grpc_port": 9000}, "differ"),
         ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"torch_threads": -1}, "torch_threads"),
     ],
 )
 def test_invalid_settings_one_message(kwargs: dict[str, Any], needle: str) -> None:
@@ -118,3 +119,16 @@ def test_sora_serve_bad_settings_exit_2(capsys: pytest.CaptureFixture[str],
 
 def test_sora_serve_missing_repository_exit_2(tmp_path: Path) -> None:
     assert main(["serve", "--model-repository", str(tmp_path / "nope"), "--no-grpc"]) == 2
+
+
+def test_torch_threads_setting_applies_at_start(tmp_path: Path) -> None:
+    import torch
+
+    from service.main import SoraServer
+
+    before = torch.get_num_threads()
+    try:
+        SoraServer(Settings.load(model_repository=tmp_path, torch_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
