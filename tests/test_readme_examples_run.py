@@ -58,6 +58,13 @@ _service = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_service)
 server = _service.server
 service_checkpoint = _service.service_checkpoint
+_support_spec = importlib.util.spec_from_file_location(
+    "readme_service_support", ROOT / "tests" / "service" / "support.py"
+)
+assert _support_spec is not None and _support_spec.loader is not None
+_support = importlib.util.module_from_spec(_support_spec)
+_support_spec.loader.exec_module(_support)
+parse_sse = _support.parse_sse
 
 
 # --- reading the README -------------------------------------------------------------
@@ -175,21 +182,6 @@ def test_the_readme_has_examples() -> None:
 
 
 # --- curl ---------------------------------------------------------------------------
-
-def parse_sse(body: str) -> list[tuple[str, Any]]:
-    events = []
-    for chunk in body.replace("\r\n", "\n").split("\n\n"):
-        if not chunk.strip():
-            continue
-        name, data = "message", []
-        for line in chunk.split("\n"):
-            if line.startswith("event:"):
-                name = line[len("event:"):].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:"):].strip())
-        events.append((name, json.loads("\n".join(data))))
-    return events
-
 
 @pytest.mark.parametrize(
     "argv", [a for _, a in CURLS], ids=[label(s, a) for s, a in CURLS]

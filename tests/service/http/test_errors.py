@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from support import wait_for
 
 
 def post(server: Any, path: str, body: Any = None, **kw: Any) -> httpx.Response:
@@ -25,12 +25,6 @@ def error_of(r: httpx.Response) -> dict[str, Any]:
     return body["error"]
 
 
-def wait_for(cond: Any, what: str, limit_s: float = 30.0) -> None:
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 TR = {"text": "Hello", "target_lang": "de"}
@@ -174,7 +168,7 @@ def test_deadline_from_options_is_504(server: Any) -> None:
 
 
 def test_deadline_in_a_stream_ends_with_an_error_event(server: Any) -> None:
-    from sse_events import parse_sse
+    from support import parse_sse
 
     r = post(server, "/v1/translate", {**TR, "options": LONG, "stream": True},
              headers={"X-Request-Timeout": "0.001"})

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from support import wait_for
 
 from service.config import Settings
 from service.engine.registry import ModelRegistry
@@ -22,12 +22,6 @@ LONG = {"text": "Hello world", "target_lang": "de",
         "options": {"max_new_tokens": 250, "ignore_eos": True}}
 
 
-def wait_for(cond: Any, what: str, limit_s: float = 30.0) -> None:
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def get(url: str) -> httpx.Response:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
-from sse_events import parse_sse
+from support import parse_sse, wait_for
 
 # Varied output from a random-weight model: never repeat a token.
 VARIED = {"no_repeat_ngram_size": 1, "max_new_tokens": 24}
@@ -20,13 +19,6 @@ def client(server: Any, **kw: Any) -> httpx.Client:
     return httpx.Client(base_url=server.http_url, timeout=60, **kw)
 
 
-def wait_for(cond: Any, what: str, limit_s: float = 30.0) -> None:
-    """Poll `cond` (a safety limit only; no assertion on time)."""
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def test_translate_returns_text_usage_and_request_id(server: Any) -> None:

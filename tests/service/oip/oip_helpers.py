@@ -5,12 +5,12 @@ with the /v1 REST API's answers for the same inputs."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
+from support import wait_for
 
 MODEL = "tiny"  # the test repository's one model
 # Varied output from the random-weight test model; greedy, so deterministic.
@@ -39,13 +39,6 @@ def v1_answers(server: Any, pairs: list[tuple[str, str]]) -> list[str]:
     return [v1_texts(server, "answer", {"question": q, "context": c})[0] for q, c in pairs]
 
 
-def wait_for(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    """Poll `cond` (a safety limit only; no assertion on time)."""
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def queued_together(server: Any, call: Callable[[], Any], n: int) -> Any:

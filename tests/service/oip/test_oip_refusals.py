@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from oip_helpers import MODEL, wait_for
+from oip_helpers import MODEL
+from support import wait_for
 
 from proto.inference import grpc_service_pb2 as pb
 from proto.inference import grpc_service_pb2_grpc as pb_grpc
