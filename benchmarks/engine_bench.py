@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import Checkpoint, load_checkpoint
+from model.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.tokenizer import SoraTokenizer
@@ -32,7 +32,6 @@ from service.engine.stats import RequestStats, StepStats
 
 from .model_bench import SHAPES, BenchShape, build_model
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "sora-default"
 RAW_BATCH = 64
 LANGS = ("de", "fr", "es", "it", "zh")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-# The checkpoint shipped with the repository; `sora serve/generate` use it by default.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "sora-default"
+from model.checkpoint import DEFAULT_CHECKPOINT
+
+__all__ = ["DEFAULT_CHECKPOINT", "add_decoding_args", "decoding_kwargs"]
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:

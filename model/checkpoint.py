@@ -33,6 +33,9 @@ from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 MANIFEST = "manifest.json"
+# The checkpoint shipped in the repository: `sora serve`/`generate`/`eval` use it when
+# given none.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "sora-default"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from model.checkpoint import DEFAULT_CHECKPOINT
 from service.engine.config import EngineConfig
 
 if sys.version_info >= (3, 11):
@@ -47,9 +48,7 @@ else:  # Python 3.10: TOML config files need the tomli backport
 
 ENV_PREFIX = "SORA_"
 CONFIG_FILE_ENV = "SORA_CONFIG_FILE"
-# The checkpoint shipped with the repository (the same path as cli.common.DEFAULT_CHECKPOINT;
-# service/ does not import cli/).
-DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "checkpoints" / "sora-default"
+DEFAULT_MODEL_REPOSITORY = DEFAULT_CHECKPOINT  # the shipped checkpoint
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MiB = 1 << 20
