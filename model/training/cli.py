@@ -2,6 +2,9 @@
 
     sora train model/training/recipes/default.yaml --data DATA --out runs/default
     sora train default --resume --out runs/default          # continue after a crash
+    rm -r runs/default/{finetune,adversarial,final,.work/adversarial}
+    sora train default --resume --out runs/default --set finetune.max_steps=6000
+                                                   # train a finished stage for longer
     sora train tiny --set finetune.max_steps=20 --stages tokenizer,pretrain,finetune
     torchrun --nproc_per_node=2 -m cli.main train tiny ...  # DistributedDataParallel
 

@@ -26,6 +26,7 @@ import yaml
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import SoraConfig
+from model.device import native_bf16
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 from model.training import discriminator as disc_lib
@@ -70,7 +71,9 @@ class Run:
 
     @property
     def bf16(self) -> bool:
-        return self.recipe.precision in ("auto", "bf16") and self.dist.device.type == "cuda"
+        if self.recipe.precision == "auto":
+            return native_bf16(self.dist.device)
+        return self.recipe.precision == "bf16"
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

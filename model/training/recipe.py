@@ -129,7 +129,7 @@ class Recipe:
     data_dir: str = "data"
     out_dir: str = "runs/run"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = "auto"  # bf16 autocast is used on CUDA only
+    precision: Precision = "auto"  # auto: bf16 autocast where bf16 is native (CUDA, AMX CPUs)
     max_source_len: int = 128
     max_target_len: int = 128
     model: ModelRecipe = field(default_factory=ModelRecipe)

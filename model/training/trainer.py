@@ -5,7 +5,8 @@ build one batch, the validation batches) and its `Objective` (the loss of one ba
 and the loop does the rest the same way for all of them:
 
 * AdamW, linear warmup then inverse-sqrt / cosine / linear decay, gradient clipping,
-  gradient accumulation over `grad_accum` micro-batches, bf16 autocast on CUDA only;
+  gradient accumulation over `grad_accum` micro-batches, bf16 autocast where bf16
+  is native (CUDA, or a CPU with AMX / AVX512-BF16);
 * DistributedDataParallel: every rank builds the same batches and trains on its rows
   of each (no overlap). Losses are summed over target tokens and divided by the step's
   *global* target count, so N ranks take exactly the step one process would;
@@ -266,6 +267,11 @@ class Trainer:
                     "best_step", "best_metrics", "bad_validations", "finished",
                     "stopped_early", "last_metrics", "validated_step", "out_of_time"):
             setattr(self, key, meta[key])
+        if self.finished and not self.stopped_early:
+            # A resumed recipe with a larger step/time budget extends a finished stage.
+            limit = self.recipe.max_minutes * 60
+            self.out_of_time = bool(limit) and self.elapsed >= limit
+            self.finished = self._out_of_budget()
         rng_key = f"rng.{self.dist.rank}"
         if rng_key in tensors and meta["world_size"] == self.dist.world_size:
             set_rng_state(tensors[rng_key], self.dist.device)
@@ -359,8 +365,8 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.bf16 and self.dist.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.bf16:
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:

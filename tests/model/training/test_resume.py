@@ -92,3 +92,24 @@ def test_resume_refuses_a_different_model(
                       "--set", change, check=False)
     assert proc.returncode == 1
     assert change.split("=")[0] in proc.stderr
+
+
+def test_a_larger_budget_extends_a_finished_stage(
+    tiny_run: Path, tmp_path: Path, train_cli: Callable[..., Any]
+) -> None:
+    """Deleting a finished stage's checkpoint and resuming with more steps continues from
+    its saved state (same optimizer, same data position) instead of starting over."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(tiny_run), str(out)], check=True)
+    for stage in ("finetune", "adversarial", "final", ".work/adversarial"):
+        subprocess.run(["rm", "-rf", str(out / stage)], check=True)
+    assert _state_step(out, "finetune") == 6
+    train_cli("tiny", "--data", str(TINY_DATA), "--out", str(out), "--resume",
+              "--stages", "tokenizer,pretrain,finetune", "--set", "finetune.max_steps=9")
+    assert _state_step(out, "finetune") == 9
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["stage"] == "finetune" and r["kind"] == "train"]
+    assert max(steps) == 9 and 7 in steps  # trained on from step 6, not from 0
+    weights = load_file(str(out / "finetune" / "model.safetensors"))
+    before = load_file(str(tiny_run / "finetune" / "model.safetensors"))
+    assert any((weights[k] != before[k]).any() for k in before)
