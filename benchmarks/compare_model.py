@@ -12,8 +12,11 @@ All three get random weights of one shape (speed depends on shapes only). The Hu
 Face model is an M2M100 (NLLB) configuration, the architecture CTranslate2 converts that
 is closest to Sora's: pre-LayerNorm blocks with final encoder/decoder norms, sinusoidal
 positions, scaled and tied embeddings, GELU feed-forward. It is converted to CTranslate2
-(fp32) with `TransformersConverter`. Every engine decodes greedily exactly `new_tokens`
-tokens per source, in fp32 on `threads` intra-op threads.
+(fp32 weights) with `TransformersConverter`. Every engine decodes greedily exactly
+`new_tokens` tokens per source on `threads` intra-op threads; fp32 by default, and
+`--sora-precisions float32,bfloat16,int8 --ct2-compute float32,int8` also compares each
+engine's faster CPU modes (CTranslate2 has no bf16 on CPU; Sora's bf16 needs AMX or
+AVX512-BF16 to be fast).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.model_bench import (
+    PRECISIONS,
     SHAPES,
     BenchResult,
     BenchShape,
@@ -37,6 +41,7 @@ from benchmarks.model_bench import (
     format_table,
     make_sources,
     time_batches,
+    with_precision,
 )
 
 # M2M100's special ids; plain tokens are "t<id>" so source ids map one to one.
@@ -86,14 +91,19 @@ def build_hf(shape: BenchShape, out_dir: Path, seed: int = 0) -> object:
     return model
 
 
+# CTranslate2's CPU compute types, and the engine name each one's results carry.
+CT2_COMPUTE = {"float32": "ct2", "int8": "ct2-int8", "int8_float32": "ct2-int8f32",
+               "int16": "ct2-int16"}
+
+
 def bench_ct2(
     model_dir: Path, sources: list[list[int]], batch_sizes: list[int], new_tokens: int,
-    threads: int, repeats: int,
+    threads: int, repeats: int, compute_type: str = "float32",
 ) -> list[BenchResult]:
     import ctranslate2
 
     translator = ctranslate2.Translator(
-        str(model_dir), device="cpu", compute_type="float32", inter_threads=1,
+        str(model_dir), device="cpu", compute_type=compute_type, inter_threads=1,
         intra_threads=threads,
     )
     tokens = [[f"t{i}" if i >= 4 else "</s>" for i in src] for src in sources]
@@ -110,7 +120,8 @@ def bench_ct2(
     results = []
     for bs in batch_sizes:
         times = time_batches(run, tokens, bs, repeats)  # type: ignore[arg-type]
-        results.append(BenchResult("ct2", bs, len(sources) * new_tokens, times))
+        results.append(BenchResult(CT2_COMPUTE[compute_type], bs, len(sources) * new_tokens,
+                                   times))
     if set(lengths) != {new_tokens}:
         print(f"warning: CTranslate2 produced lengths {sorted(set(lengths))}", file=sys.stderr)
     return results
@@ -150,7 +161,15 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="sora,ct2,hf")
+    p.add_argument("--sora-precisions", default="float32",
+                   help=f"comma-separated, of {', '.join(PRECISIONS)}")
+    p.add_argument("--ct2-compute", default="float32",
+                   help=f"comma-separated CTranslate2 compute types, of {', '.join(CT2_COMPUTE)}")
     args = p.parse_args()
+    sora_precisions = args.sora_precisions.split(",")
+    ct2_compute = args.ct2_compute.split(",")
+    if not set(sora_precisions) <= set(PRECISIONS) or not set(ct2_compute) <= set(CT2_COMPUTE):
+        p.error("unknown --sora-precisions or --ct2-compute value")
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -160,13 +179,17 @@ def main() -> int:
     # Ids from 4 up: every engine reads them as plain tokens (M2M100 reserves 0-3).
     sources = make_sources(shape, args.num_sources, seed=0, first_id=4)
     print(f"shape {args.shape}: {shape}")
-    print(f"{len(sources)} sources, {args.new_tokens} new tokens each, greedy, fp32, "
-          f"{args.threads} threads, median of {args.repeats} (HF: first {args.hf_num_sources})")
+    print(f"{len(sources)} sources, {args.new_tokens} new tokens each, greedy, "
+          f"{args.threads} threads, median of {args.repeats} (HF fp32: first "
+          f"{args.hf_num_sources}); Sora {args.sora_precisions}, CTranslate2 {args.ct2_compute}")
 
     results: list[BenchResult] = []
     if "sora" in engines:
-        results += bench_sora(build_model(shape), sources, sizes, args.new_tokens, args.repeats)
-        print(format_table(results), flush=True)
+        model = build_model(shape)
+        for precision in sora_precisions:
+            results += bench_sora(with_precision(model, precision), sources, sizes,
+                                  args.new_tokens, args.repeats, PRECISIONS[precision])
+            print(format_table(results), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
         hf_model = build_hf(shape, hf_dir)
@@ -174,14 +197,17 @@ def main() -> int:
             import ctranslate2
 
             ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
-            results += bench_ct2(ct2_dir, sources, sizes, args.new_tokens, args.threads,
-                                 args.repeats)
-            print(format_table(results, reference="ct2"), flush=True)
+            for compute_type in ct2_compute:
+                results += bench_ct2(ct2_dir, sources, sizes, args.new_tokens, args.threads,
+                                     args.repeats, compute_type)
+                print(format_table(results, reference=CT2_COMPUTE[ct2_compute[0]]),
+                      flush=True)
         if "hf" in engines:
             results += bench_hf(hf_model, sources[: args.hf_num_sources], sizes,
                                 args.new_tokens, args.repeats)
     print()
-    print(format_table(results, reference="ct2" if "ct2" in engines else None))
+    print(format_table(results, reference=CT2_COMPUTE[ct2_compute[0]] if "ct2" in engines
+                       else None))
     return 0
 
 

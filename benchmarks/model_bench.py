@@ -18,6 +18,7 @@ from typing import cast
 import torch
 
 from model.config import SoraConfig
+from model.device import quantize_int8
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.sora import Sora
@@ -84,6 +85,25 @@ def build_model(shape: BenchShape, seed: int = 0) -> Sora:
     return Sora(shape.config()).eval()
 
 
+# Precisions the CPU benchmarks compare: what `sora serve --dtype/--quantize-int8` runs,
+# and the engine name each one's results carry.
+PRECISIONS = {"float32": "sora", "bfloat16": "sora-bf16", "int8": "sora-int8"}
+
+
+def with_precision(model: Sora, precision: str) -> Sora:
+    """A copy of `model` in `precision`: float32, bfloat16 (fast where the CPU has AMX /
+    AVX512-BF16) or int8 (dynamic quantization of the linear layers)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    copy = Sora(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    if precision == "bfloat16":
+        return copy.to(torch.bfloat16)
+    if precision == "int8":
+        return cast(Sora, quantize_int8(copy))
+    return copy
+
+
 class _NoText:
     """Stands in for the tokenizer: the benchmark times ids, not detokenization."""
 
@@ -115,6 +135,7 @@ def bench_sora(
     batch_sizes: list[int],
     new_tokens: int,
     repeats: int = 3,
+    name: str = "sora",
 ) -> list[BenchResult]:
     params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
     tokenizer = cast(SoraTokenizer, _NoText())
@@ -123,7 +144,7 @@ def bench_sora(
         return generate(model, tokenizer, chunk, params)
 
     return [
-        BenchResult("sora", bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
+        BenchResult(name, bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
         for bs in batch_sizes
     ]
 

@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--repeats", type=int, default=3, help="timed passes; the median is shown")
     m.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--precisions", default="float32",
+                   help="comma-separated: float32, bfloat16 (fast on CPUs with AMX), int8")
     m.set_defaults(func=run_model)
 
     # Serving benchmarks keep their own options: `sora bench engine -h` lists them.
@@ -61,6 +63,11 @@ def run_model(args: argparse.Namespace) -> int:
     if args.shape not in mb.SHAPES:
         print(f"error: --shape must be one of {', '.join(mb.SHAPES)}", file=sys.stderr)
         return 2
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in mb.PRECISIONS]
+    if unknown or not precisions:
+        print(f"error: --precisions takes {', '.join(mb.PRECISIONS)}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     shape = mb.SHAPES[args.shape]
     sources = mb.make_sources(shape, args.num_sources, seed=args.seed)
@@ -68,13 +75,17 @@ def run_model(args: argparse.Namespace) -> int:
     print(
         f"sora bench model: shape {args.shape} ({model.num_parameters() / 1e6:.1f}M params), "
         f"{len(sources)} sources of {shape.min_source_len}-{shape.max_source_len} tokens, "
-        f"{args.new_tokens} new tokens each, greedy fp32, {torch.get_num_threads()} threads, "
+        f"{args.new_tokens} new tokens each, greedy, {torch.get_num_threads()} threads, "
         f"median of {args.repeats}"
     )
     results = []
-    for bs in args.batch_sizes:
-        (r,) = mb.bench_sora(model, sources, [bs], args.new_tokens, args.repeats)
-        print(f"  batch {bs:>4}: {r.tokens_per_s:8.0f} tokens/s  ({r.median_s:.2f} s)", flush=True)
-        results.append(r)
-    print(mb.format_table(results))
+    for precision in precisions:
+        variant = mb.with_precision(model, precision)
+        name = mb.PRECISIONS[precision]
+        for bs in args.batch_sizes:
+            (r,) = mb.bench_sora(variant, sources, [bs], args.new_tokens, args.repeats, name)
+            print(f"  {name:>9} batch {bs:>4}: {r.tokens_per_s:8.0f} tokens/s  "
+                  f"({r.median_s:.2f} s)", flush=True)
+            results.append(r)
+    print(mb.format_table(results, reference="sora" if "float32" in precisions else None))
     return 0

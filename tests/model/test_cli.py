@@ -208,3 +208,31 @@ def test_cuda_incremental_equals_full(tiny_checkpoint: Path) -> None:
         cache = ckpt.model.prefill(src)
         steps = torch.stack([ckpt.model.decode_step(tgt[:, t], cache) for t in range(4)], 1)
     torch.testing.assert_close(steps, full, atol=1e-3, rtol=1e-3)
+
+
+def test_bench_model_compares_precisions(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "model", "--batch-sizes", "2", "--num-sources", "2", "--new-tokens", "2",
+               "--repeats", "1", "--threads", "1", "--precisions", "float32,bfloat16"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    head = out.splitlines()[-2].split()
+    assert head[:3] == ["batch", "sora", "tok/s"] and "sora-bf16/sora" in head
+    assert out.splitlines()[-1].split()[0] == "2"
+
+
+def test_bench_model_rejects_an_unknown_precision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "model", "--precisions", "fp8"]) == 2
+    assert "--precisions" in capsys.readouterr().err
+
+
+def test_bench_precision_variants_keep_the_weights() -> None:
+    from benchmarks.model_bench import SHAPES, build_model, with_precision
+
+    model = build_model(SHAPES["small"])
+    fp32, bf16 = with_precision(model, "float32"), with_precision(model, "bfloat16")
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    for (name, a), b in zip(model.state_dict().items(), fp32.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert fp32 is not model  # a copy: the caller's model is left as it was
+    with pytest.raises(ValueError, match="precision"):
+        with_precision(model, "fp8")
