@@ -56,6 +56,19 @@ class SelfAttention(nn.Module):
         )
         return self.out(merge_heads(y))
 
+    def forward_packed(self, x: Tensor, index: Tensor, shape: tuple[int, int],
+                       mask: Tensor) -> Tensor:
+        """forward() on real tokens only. x: (n_real, d_model), the tokens at flat
+        positions `index` of a (batch, len) = `shape` padded batch. The projections skip
+        the padding; only attention itself runs padded."""
+        b, t = shape
+        qkv = self.qkv(x)
+        padded = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, index, qkv)
+        q, k, v = (split_heads(u, self.n_heads) for u in padded.view(b, t, -1).chunk(3, dim=-1))
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.out(merge_heads(y).reshape(b * t, -1).index_select(0, index))
+
     def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
         """One new token per row: write its key/value at `slot`, attend to slots <= slot.
         x: (batch, 1, d_model). With one position, (batch, 1, heads, head_dim) and
@@ -126,6 +139,12 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         x = x + self.dropout(self.attn(self.norm1(x), mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+    def forward_packed(self, x: Tensor, index: Tensor, shape: tuple[int, int],
+                       mask: Tensor) -> Tensor:
+        """forward() on the real tokens only (see SelfAttention.forward_packed)."""
+        x = x + self.dropout(self.attn.forward_packed(self.norm1(x), index, shape, mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 

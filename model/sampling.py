@@ -8,6 +8,8 @@ blocking touch rows one by one, and only the rows that asked for them.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -184,15 +186,37 @@ def warp(logits: Tensor, batch: SamplingBatch) -> Tensor:
     return logits
 
 
+@functools.cache
+def _argmax_block(vocab: int) -> int:
+    """The block size greedy_tokens splits a vocabulary into: a divisor of `vocab` near
+    2 * sqrt(vocab) (then both passes are short), or 0 when there is none."""
+    sizes = [b for b in range(32, 1025) if vocab % b == 0]
+    return min(sizes, key=lambda b: abs(b - 2 * math.sqrt(vocab))) if sizes else 0
+
+
+def greedy_tokens(logits: Tensor) -> Tensor:
+    """`logits.argmax(-1)` of (batch, vocab) logits: the same ties (first index) and NaNs.
+    On CPU, argmax over a long last dimension is not vectorised (~1 ms for 64 x 8000, a
+    tenth of a batch-64 decode step) while amax is ~20x faster: take the max of each
+    block of ids, then the argmax inside the winning block only."""
+    vocab = logits.shape[-1]
+    block = _argmax_block(vocab)
+    if logits.device.type != "cpu" or not block or logits.dim() != 2:
+        return logits.argmax(dim=-1)
+    blocks = logits.reshape(logits.shape[0], vocab // block, block)
+    best = blocks.amax(dim=-1).argmax(dim=-1)
+    inner = blocks.gather(1, best[:, None, None].expand(-1, 1, block))[:, 0].argmax(dim=-1)
+    return best * block + inner
+
+
 def choose(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
     """Next token and its log-probability for each row. logits: (batch, vocab) float,
     already constrained. Greedy rows take the argmax; sampling rows draw."""
-    logprobs = logits.log_softmax(dim=-1)
-    # One max() gives the greedy token and its log-probability (argmax + gather would
-    # pass over the vocabulary twice).
-    top, tokens = logprobs.max(dim=-1)
+    tokens = greedy_tokens(logits)
+    # log p(token) = logit - logsumexp: one reduction, no (batch, vocab) log_softmax.
+    log_norm = logits.logsumexp(dim=-1)
     if not batch.any_sample:
-        return tokens, top
+        return tokens, logits.gather(1, tokens[:, None])[:, 0] - log_norm
     sample_rows = batch.do_sample.nonzero().flatten()
     probs = warp(logits[sample_rows], batch.select(sample_rows)).softmax(dim=-1)
     unseeded = [i for i, r in enumerate(sample_rows.tolist()) if batch.generators[r] is None]
@@ -203,4 +227,4 @@ def choose(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
         g = batch.generators[r]
         if g is not None:
             tokens[r] = torch.multinomial(probs[i], 1, generator=g)[0]
-    return tokens, logprobs.gather(1, tokens[:, None])[:, 0]
+    return tokens, logits.gather(1, tokens[:, None])[:, 0] - log_norm

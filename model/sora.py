@@ -15,6 +15,10 @@ from model.config import SoraConfig
 from model.layers import DecoderLayer, EncoderLayer, sinusoidal_table
 
 
+# encode() drops the padding of a batch whose real tokens are fewer than this share of it.
+PACK_ABOVE = 0.9
+
+
 @dataclass
 class ModelOutput:
     logits: Tensor  # (batch, tgt_len, vocab)
@@ -80,12 +84,23 @@ class Sora(nn.Module):
             )
         if src_valid is None:
             src_valid = src_ids != self.config.pad_id
-        positions = torch.arange(src_ids.shape[1], device=src_ids.device)
-        x = self._embed(src_ids, positions)
-        mask = None if bool(src_valid.all()) else src_valid[:, None, None, :]
+        b, t = src_ids.shape
+        x = self._embed(src_ids, torch.arange(t, device=src_ids.device))
+        n_real = int(src_valid.sum())
+        mask = None if n_real == b * t else src_valid[:, None, None, :]
+        if mask is None or n_real > PACK_ABOVE * b * t:
+            for layer in self.encoder_layers:
+                x = layer(x, mask)
+            return self.encoder_norm(x)
+        # Sources of mixed lengths: run the layers on the real tokens only (padding
+        # would cost as much as real tokens in every projection and feed-forward), and
+        # return zeros at padded positions.
+        index = src_valid.flatten().nonzero().flatten()
+        h = x.reshape(b * t, -1).index_select(0, index)
         for layer in self.encoder_layers:
-            x = layer(x, mask)
-        return self.encoder_norm(x)
+            h = cast(EncoderLayer, layer).forward_packed(h, index, (b, t), mask)
+        h = self.encoder_norm(h)
+        return h.new_zeros(b * t, h.shape[-1]).index_copy(0, index, h).view(b, t, -1)
 
     # -- incremental decoding ----------------------------------------------------------
 

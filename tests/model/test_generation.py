@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from model.generation import GenerationResult, generate
-from model.sampling import DecodingParams, banned_ngram_tokens
+from model.sampling import (
+    DecodingParams,
+    SamplingBatch,
+    banned_ngram_tokens,
+    choose,
+    greedy_tokens,
+)
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 
@@ -182,3 +188,23 @@ def test_invalid_params_name_field(kw: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}: ") as info:
         DecodingParams(**kw)  # type: ignore[arg-type]
     assert info.value.field == field  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("vocab", [8000, 7919, 1000, 64, 3])
+def test_greedy_tokens_equal_argmax(vocab: int) -> None:
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(33, vocab, generator=g)
+    logits[0, :] = 1.0  # all tied: first index
+    logits[1, vocab // 2] = logits[1, vocab - 1] = 50.0  # tie across blocks
+    logits[2, vocab - 1] = float("nan")  # NaN wins, as in torch.argmax
+    logits[3, :] = float("-inf")
+    assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))
+
+
+def test_choose_logprob_is_the_log_softmax_of_the_token() -> None:
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+    batch = SamplingBatch.from_params([DecodingParams()] * 5, torch.device("cpu"))
+    tokens, logprob = choose(logits, batch)
+    want = logits.log_softmax(dim=-1)
+    assert torch.equal(tokens, want.argmax(dim=-1))
+    torch.testing.assert_close(logprob, want.max(dim=-1).values, rtol=0, atol=1e-5)

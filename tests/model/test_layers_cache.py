@@ -3,6 +3,8 @@ whatever the padding, batch company, row selection or cache concatenation."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor
@@ -65,6 +67,35 @@ def test_encoder_ignores_padding(tiny_model: Sora) -> None:
     alone = model.encode(src_tensor(model, [a]))
     batched = model.encode(src_tensor(model, [a, long]))
     torch.testing.assert_close(batched[0, :5], alone[0], atol=ATOL, rtol=0)
+
+
+def test_packed_encoder_equals_padded(tiny_model: Sora, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skipping the padding changes nothing the model computes: outputs at real
+    positions, zeros at padded ones, and the gradients of a training step."""
+    import model.sora as sora_module
+
+    model = copy.deepcopy(tiny_model).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = 0.0
+    src = src_tensor(model, sources(model, [3, 20, 11]))
+    valid = src != model.config.pad_id
+    runs = []
+    for share in (0.0, 1.0):  # 0.0: never pack, 1.0: always pack
+        monkeypatch.setattr(sora_module, "PACK_ABOVE", share)
+        model.zero_grad()
+        memory = model.encode(src)
+        (memory * valid[..., None]).square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        runs.append((memory.detach(), grads))
+    (padded, g_padded), (packed, g_packed) = runs
+    torch.testing.assert_close(packed[valid], padded[valid], atol=ATOL, rtol=0)
+    assert not packed[~valid].any()
+    assert len(g_packed) == len(g_padded) > 0
+    for a, b in zip(g_packed, g_padded, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 @torch.inference_mode()
