@@ -14,7 +14,6 @@ from model.cache import KVCache
 from model.config import SoraConfig
 from model.layers import DecoderLayer, EncoderLayer, sinusoidal_table
 
-
 # encode() drops the padding of a batch whose real tokens are fewer than this share of it.
 PACK_ABOVE = 0.9
 
