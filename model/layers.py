@@ -7,6 +7,7 @@ masks are True where a key may be attended to.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,35 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens of a right-padded (batch, length) batch are, so layers can
+    run on real tokens only and attention on the padded layout. Both directions are
+    index_select (fast on CPU; index_copy is not)."""
+
+    index: Tensor  # (n_real,) flat position of each real token
+    rows: Tensor  # (batch * length,) packed row of each position; n_real means zeros
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, valid: Tensor) -> Packing:
+        flat = valid.flatten()
+        index = flat.nonzero().flatten()
+        rows = torch.full_like(flat, index.numel(), dtype=torch.long)
+        rows[index] = torch.arange(index.numel(), device=valid.device)
+        return cls(index, rows, valid.shape[0], valid.shape[1])
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(batch, length, dim) -> (n_real, dim)"""
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(n_real, dim) -> (batch, length, dim), zeros at padded positions."""
+        padded = torch.cat([x, x.new_zeros(1, x.shape[-1])]).index_select(0, self.rows)
+        return padded.view(self.batch, self.length, -1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection."""
 
@@ -56,18 +86,14 @@ class SelfAttention(nn.Module):
         )
         return self.out(merge_heads(y))
 
-    def forward_packed(self, x: Tensor, index: Tensor, shape: tuple[int, int],
-                       mask: Tensor) -> Tensor:
-        """forward() on real tokens only. x: (n_real, d_model), the tokens at flat
-        positions `index` of a (batch, len) = `shape` padded batch. The projections skip
-        the padding; only attention itself runs padded."""
-        b, t = shape
-        qkv = self.qkv(x)
-        padded = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, index, qkv)
-        q, k, v = (split_heads(u, self.n_heads) for u in padded.view(b, t, -1).chunk(3, dim=-1))
+    def forward_packed(self, x: Tensor, packing: Packing, mask: Tensor) -> Tensor:
+        """forward() on real tokens only, x: (n_real, d_model). The projections skip the
+        padding; only attention itself runs on the padded layout."""
+        qkv = packing.unpack(self.qkv(x))
+        q, k, v = (split_heads(u, self.n_heads) for u in qkv.chunk(3, dim=-1))
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        return self.out(merge_heads(y).reshape(b * t, -1).index_select(0, index))
+        return self.out(packing.pack(merge_heads(y)))
 
     def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
         """One new token per row: write its key/value at `slot`, attend to slots <= slot.
@@ -141,10 +167,9 @@ class EncoderLayer(nn.Module):
         x = x + self.dropout(self.attn(self.norm1(x), mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
-    def forward_packed(self, x: Tensor, index: Tensor, shape: tuple[int, int],
-                       mask: Tensor) -> Tensor:
+    def forward_packed(self, x: Tensor, packing: Packing, mask: Tensor) -> Tensor:
         """forward() on the real tokens only (see SelfAttention.forward_packed)."""
-        x = x + self.dropout(self.attn.forward_packed(self.norm1(x), index, shape, mask))
+        x = x + self.dropout(self.attn.forward_packed(self.norm1(x), packing, mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from model.cache import KVCache
 from model.config import SoraConfig
-from model.layers import DecoderLayer, EncoderLayer, sinusoidal_table
+from model.layers import DecoderLayer, EncoderLayer, Packing, sinusoidal_table
 
 # encode() drops the padding of a batch whose real tokens are fewer than this share of it.
 PACK_ABOVE = 0.9
@@ -94,12 +94,11 @@ class Sora(nn.Module):
         # Sources of mixed lengths: run the layers on the real tokens only (padding
         # would cost as much as real tokens in every projection and feed-forward), and
         # return zeros at padded positions.
-        index = src_valid.flatten().nonzero().flatten()
-        h = x.reshape(b * t, -1).index_select(0, index)
+        packing = Packing.of(src_valid)
+        h = packing.pack(x)
         for layer in self.encoder_layers:
-            h = cast(EncoderLayer, layer).forward_packed(h, index, (b, t), mask)
-        h = self.encoder_norm(h)
-        return h.new_zeros(b * t, h.shape[-1]).index_copy(0, index, h).view(b, t, -1)
+            h = cast(EncoderLayer, layer).forward_packed(h, packing, mask)
+        return packing.unpack(self.encoder_norm(h))
 
     # -- incremental decoding ----------------------------------------------------------
 
