@@ -207,12 +207,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Thread limits meant for the load generator (`OMP_NUM_THREADS=1 python -m ...`) must not
+# leak into the server it starts: that server is configured with --server-threads.
+CLIENT_ONLY_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def server_env(environ: dict[str, str], **overrides: Any) -> dict[str, str]:
+    """The environment of a local server: ours minus client thread limits, plus SORA_*
+    settings from `overrides` (None values are left out)."""
+    env = {k: v for k, v in environ.items() if k not in CLIENT_ONLY_ENV}
+    env.update({f"SORA_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
+    return env
+
+
 @contextmanager
 def local_server(repository: Path, **overrides: Any) -> Iterator[tuple[str, str | None]]:
     """`sora serve` for `repository` on free loopback ports, in its own process so the
     load generator does not share the server's interpreter (as a real client would not)."""
     http_port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, **{f"SORA_{k.upper()}": str(v) for k, v in overrides.items()}}
+    env = server_env(dict(os.environ), **overrides)
     cmd = [sys.executable, "-m", "cli.main", "--log-level", "WARNING", "serve",
            "--model-repository", str(repository), "--host", "127.0.0.1",
            "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
@@ -289,6 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream", action="store_true",
                    help="stream tokens (SSE / GenerateStream) and report time to first token")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines too")
+    p.add_argument("--server-threads", type=int, default=None,
+                   help="torch threads of the servers this command starts (default: theirs)")
     return p.parse_args(argv)
 
 
@@ -298,11 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(bench([("remote", args.url, args.grpc_target)], args))
     elif args.model_repository:
         rows = []
-        with local_server(args.model_repository) as (http_url, grpc_target):
+        threads = args.server_threads
+        with local_server(args.model_repository, torch_threads=threads) as (http_url,
+                                                                              grpc_target):
             rows += asyncio.run(bench([("batched", http_url, grpc_target)], args))
         if args.compare:
-            with local_server(args.model_repository, max_batch_sequences=1) as (http_url,
-                                                                                 grpc_target):
+            with local_server(args.model_repository, max_batch_sequences=1,
+                              torch_threads=threads) as (http_url, grpc_target):
                 rows += asyncio.run(bench([("serial", http_url, grpc_target)], args))
     else:
         print("give --url or --model-repository", file=sys.stderr)
