@@ -90,6 +90,14 @@ def build_model(shape: BenchShape, seed: int = 0) -> Sora:
 PRECISIONS = {"float32": "sora", "bfloat16": "sora-bf16", "int8": "sora-int8"}
 
 
+def parse_precisions(text: str) -> list[str]:
+    """A comma-separated list of precisions; ValueError names the choices."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or not set(values) <= set(PRECISIONS):
+        raise ValueError(f"expected some of {', '.join(PRECISIONS)}, got {text!r}")
+    return values
+
+
 def with_precision(model: Sora, precision: str) -> Sora:
     """A copy of `model` in `precision`: float32, bfloat16 (fast where the CPU has AMX /
     AVX512-BF16) or int8 (dynamic quantization of the linear layers)."""

@@ -63,10 +63,10 @@ def run_model(args: argparse.Namespace) -> int:
     if args.shape not in mb.SHAPES:
         print(f"error: --shape must be one of {', '.join(mb.SHAPES)}", file=sys.stderr)
         return 2
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    unknown = [p for p in precisions if p not in mb.PRECISIONS]
-    if unknown or not precisions:
-        print(f"error: --precisions takes {', '.join(mb.PRECISIONS)}", file=sys.stderr)
+    try:
+        precisions = mb.parse_precisions(args.precisions)
+    except ValueError as e:
+        print(f"error: --precisions: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     shape = mb.SHAPES[args.shape]
