@@ -12,6 +12,14 @@ batching buys. Every request generates exactly --max-new-tokens tokens (ignore_e
 the servers do the same work. Requests are unary (Translate) unless --stream asks for
 token streaming, which also measures time to first token. Each level stops after
 --requests requests or --duration seconds, whichever comes first.
+
+    python -m benchmarks.load --model-repository checkpoints/sora-default \\
+        --protocol engine,grpc,http --concurrency 64 --requests 1024 --rounds 5
+
+measures what the front ends cost: `engine` sends the same requests to the bare engine
+(built from the same settings, in a process of its own, while the server idles), and the
+rounds alternate engine, gRPC and HTTP so that drift in machine speed hits all three
+alike; the summary gives each protocol's median share of the engine-level throughput.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 TEXT = "The quick brown fox jumps over the lazy dog. How are you today?"
@@ -81,24 +90,23 @@ def pct(values: list[float], p: float) -> float:
 # -- one request ---------------------------------------------------------------------------
 
 
-async def http_request(client: httpx.AsyncClient, max_new_tokens: int, stream: bool) -> Sample:
+async def http_request(session: aiohttp.ClientSession, url: str, max_new_tokens: int,
+                       stream: bool) -> Sample:
     body = {"text": TEXT, "target_lang": "de", "stream": stream,
             "options": {"max_new_tokens": max_new_tokens, "ignore_eos": True}}
     t0 = time.perf_counter()
     ttft = None
     event = "message"
     try:
-        if not stream:
-            r = await client.post("/v1/translate", json=body)
-            if r.status_code != 200:
-                return Sample(False, time.perf_counter() - t0, None, 0, str(r.status_code))
-            tokens = int(r.json()["usage"]["completion_tokens"])
-            return Sample(True, time.perf_counter() - t0, None, tokens)
-        async with client.stream("POST", "/v1/translate", json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                return Sample(False, time.perf_counter() - t0, None, 0, str(r.status_code))
-            async for line in r.aiter_lines():
+        async with session.post(f"{url}/v1/translate", json=body) as r:
+            if r.status != 200:
+                await r.read()
+                return Sample(False, time.perf_counter() - t0, None, 0, str(r.status))
+            if not stream:
+                tokens = int((await r.json())["usage"]["completion_tokens"])
+                return Sample(True, time.perf_counter() - t0, None, tokens)
+            async for raw in r.content:
+                line = raw.decode().rstrip("\r\n")
                 if line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:"):
@@ -111,7 +119,7 @@ async def http_request(client: httpx.AsyncClient, max_new_tokens: int, stream: b
                     elif event == "error":
                         return Sample(False, time.perf_counter() - t0, ttft, 0,
                                       data["error"]["code"])
-    except httpx.HTTPError as e:
+    except aiohttp.ClientError as e:
         return Sample(False, time.perf_counter() - t0, ttft, 0, type(e).__name__)
     return Sample(False, time.perf_counter() - t0, ttft, 0, "no done event")
 
@@ -157,26 +165,64 @@ def grpc_caller(
     return call, close
 
 
+# -- the engine alone ---------------------------------------------------------------------
+
+
+async def engine_caller(
+    max_new_tokens: int,
+) -> tuple[Callable[[], Awaitable[Sample]], Callable[[], Awaitable[None]]]:
+    """The same Translate request sent straight to the engine a server would build from
+    this process's SORA_* settings, with no front end in the way: the ceiling the HTTP and
+    gRPC figures are measured against."""
+    from model.sampling import DecodingParams
+    from service.config import Settings
+    from service.engine import TaskInput
+    from service.http.app import new_registry
+
+    settings = Settings.load()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    registry = new_registry(settings)
+    await registry.load_all()
+    engine = registry.get()
+    task = TaskInput("translate", TEXT, target_lang="de")
+    params = DecodingParams(max_new_tokens=max_new_tokens, ignore_eos=True)
+
+    async def call() -> Sample:
+        t0 = time.perf_counter()
+        done = await engine.generate(task, params)
+        return Sample(True, time.perf_counter() - t0, None, done.completion_tokens)
+
+    async def close() -> None:
+        await registry.drain(timeout=10.0)
+
+    return call, close
+
+
 # -- one level -----------------------------------------------------------------------------
 
 
-async def run_level(name: str, http_url: str, grpc_target: str | None, protocol: str,
+async def run_level(name: str, http_url: str | None, grpc_target: str | None, protocol: str,
                     concurrency: int, requests: int, duration_s: float,
                     max_new_tokens: int, stream: bool = False) -> Level:
+    """`concurrency` closed-loop clients share `requests` requests (or `duration_s`)."""
     left = requests
-    deadline = time.monotonic() + duration_s
     samples: list[Sample] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    client = httpx.AsyncClient(base_url=http_url, timeout=300, limits=limits)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                    timeout=aiohttp.ClientTimeout(total=300))
     close: Callable[[], Awaitable[None]] | None = None
-    if protocol == "grpc":
+    if protocol == "engine":
+        call, close = await engine_caller(max_new_tokens)
+    elif protocol == "grpc":
         if grpc_target is None:
             raise SystemExit("gRPC target unknown: pass --grpc-target")
         call, close = grpc_caller(grpc_target, max_new_tokens, stream)
     else:
 
         async def call() -> Sample:
-            return await http_request(client, max_new_tokens, stream)
+            return await http_request(session, http_url or "", max_new_tokens, stream)
 
     async def worker() -> None:
         nonlocal left
@@ -187,15 +233,30 @@ async def run_level(name: str, http_url: str, grpc_target: str | None, protocol:
     try:
         # Warm the connections (and the engine at this batch size) before measuring.
         await asyncio.gather(*(call() for _ in range(concurrency)))
+        deadline = time.monotonic() + duration_s
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall_s = time.perf_counter() - t0
     finally:
-        await client.aclose()
+        await session.close()
         if close is not None:
             await close()
-    return Level(name, protocol, concurrency, time.perf_counter() - t0, samples)
+    return Level(name, protocol, concurrency, wall_s, samples)
     # TTFT is the first non-empty text piece: a model that only emits special tokens
     # (a random-weight test checkpoint) shows nan.
+
+
+def engine_level(repository: Path, concurrency: int, args: argparse.Namespace
+                 ) -> dict[str, Any]:
+    """One engine-level run in a fresh process configured like the servers (so neither
+    shares an interpreter with the other); the load generator only reads its result."""
+    env = server_env(dict(os.environ), model_repository=repository,
+                     torch_threads=args.server_threads)
+    cmd = [sys.executable, "-m", "benchmarks.load", "--engine-level", "--concurrency",
+           str(concurrency), "--requests", str(args.requests), "--duration",
+           str(args.duration), "--max-new-tokens", str(args.max_new_tokens)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.splitlines()[-1]))
 
 
 # -- local servers ---------------------------------------------------------------------------
@@ -275,12 +336,34 @@ async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Names
     for name, http_url, grpc_target in targets:
         for protocol in args.protocol:
             for concurrency in args.concurrency:
-                level = await run_level(name, http_url, grpc_target, protocol, concurrency,
-                                        args.requests, args.duration, args.max_new_tokens,
-                                        args.stream)
-                rows.append(level.row())
+                if protocol == "engine":
+                    rows.append(engine_level(args.model_repository, concurrency, args))
+                else:
+                    level = await run_level(name, http_url, grpc_target, protocol,
+                                            concurrency, args.requests, args.duration,
+                                            args.max_new_tokens, args.stream)
+                    rows.append(level.row())
                 print(format_table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
+
+
+def over_rounds(rows: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+    """Median tokens/s per (server, protocol, clients) over the rounds and, where an
+    engine-level run shares the round, the median of each round's ratio to it."""
+    per_round = len(rows) // rounds
+    out = []
+    for i, row in enumerate(rows[:per_round]):
+        runs = [rows[r * per_round + i] for r in range(rounds)]
+        summary = {"server": row["server"], "proto": row["proto"], "clients": row["clients"],
+                   "rounds": rounds, "median tok/s": statistics.median(x["tok/s"] for x in runs)}
+        engines = [[x for x in rows[r * per_round:(r + 1) * per_round]
+                    if x["proto"] == "engine" and x["clients"] == row["clients"]]
+                   for r in range(rounds)]
+        if all(engines):
+            summary["median % of engine"] = 100 * statistics.median(
+                x["tok/s"] / e[0]["tok/s"] for x, e in zip(runs, engines, strict=True))
+        out.append(summary)
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -293,7 +376,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true",
                    help="also start a one-request-at-a-time server (max_batch_sequences=1)")
     p.add_argument("--protocol", type=lambda s: s.split(","), default=["http"],
-                   help="http, grpc or http,grpc (default http)")
+                   help="comma-separated http, grpc, engine (default http); engine runs "
+                        "the same requests on the bare engine in its own process "
+                        "(needs --model-repository)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the protocols in turn this many times and print medians "
+                        "(and, with engine, each protocol's median share of it)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 16, 64], help="client counts (default 1,16,64)")
     p.add_argument("--requests", type=int, default=128, help="per level (default 128)")
@@ -304,20 +392,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print rows as JSON lines too")
     p.add_argument("--server-threads", type=int, default=None,
                    help="torch threads of the servers this command starts (default: theirs)")
-    return p.parse_args(argv)
+    p.add_argument("--engine-level", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if "engine" in args.protocol and not args.model_repository:
+        p.error("--protocol engine needs --model-repository")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.engine_level:  # the child process of engine_level()
+        level = asyncio.run(run_level("batched", None, None, "engine", args.concurrency[0],
+                                      args.requests, args.duration, args.max_new_tokens))
+        print(json.dumps(level.row()))
+        return 0
+    rows: list[dict[str, Any]] = []
     if args.url:
-        rows = asyncio.run(bench([("remote", args.url, args.grpc_target)], args))
+        for _ in range(args.rounds):
+            rows += asyncio.run(bench([("remote", args.url, args.grpc_target)], args))
     elif args.model_repository:
-        rows = []
         threads = args.server_threads
         with local_server(args.model_repository, torch_threads=threads) as (http_url,
                                                                               grpc_target):
-            rows += asyncio.run(bench([("batched", http_url, grpc_target)], args))
+            for _ in range(args.rounds):
+                rows += asyncio.run(bench([("batched", http_url, grpc_target)], args))
         if args.compare:
+            args.protocol = [p for p in args.protocol if p != "engine"]
             with local_server(args.model_repository, max_batch_sequences=1,
                               torch_threads=threads) as (http_url, grpc_target):
                 rows += asyncio.run(bench([("serial", http_url, grpc_target)], args))
@@ -325,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         print("give --url or --model-repository", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if args.rounds > 1:
+        summary = over_rounds([r for r in rows if r["server"] != "serial"], args.rounds)
+        print(f"\nover {args.rounds} rounds:\n" + format_table(summary))
     if args.json:
         for row in rows:
             print(json.dumps(row))
