@@ -210,9 +210,8 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
     """`concurrency` closed-loop clients share `requests` requests (or `duration_s`)."""
     left = requests
     samples: list[Sample] = []
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                    timeout=aiohttp.ClientTimeout(total=300))
-    close: Callable[[], Awaitable[None]] | None = None
+    call: Callable[[], Awaitable[Sample]]
+    close: Callable[[], Awaitable[None]]
     if protocol == "engine":
         call, close = await engine_caller(max_new_tokens)
     elif protocol == "grpc":
@@ -220,9 +219,13 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
             raise SystemExit("gRPC target unknown: pass --grpc-target")
         call, close = grpc_caller(grpc_target, max_new_tokens, stream)
     else:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                        timeout=aiohttp.ClientTimeout(total=300))
 
         async def call() -> Sample:
             return await http_request(session, http_url or "", max_new_tokens, stream)
+
+        close = session.close
 
     async def worker() -> None:
         nonlocal left
@@ -238,9 +241,7 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall_s = time.perf_counter() - t0
     finally:
-        await session.close()
-        if close is not None:
-            await close()
+        await close()
     return Level(name, protocol, concurrency, wall_s, samples)
     # TTFT is the first non-empty text piece: a model that only emits special tokens
     # (a random-weight test checkpoint) shows nan.
