@@ -331,11 +331,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Namespace
-                ) -> list[dict[str, Any]]:
+async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Namespace,
+                protocols: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name, http_url, grpc_target in targets:
-        for protocol in args.protocol:
+        for protocol in protocols:
             for concurrency in args.concurrency:
                 if protocol == "engine":
                     rows.append(engine_level(args.model_repository, concurrency, args))
@@ -352,17 +352,17 @@ def over_rounds(rows: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]
     """Median tokens/s per (server, protocol, clients) over the rounds and, where an
     engine-level run shares the round, the median of each round's ratio to it."""
     per_round = len(rows) // rounds
+    by_round = [rows[r * per_round:(r + 1) * per_round] for r in range(rounds)]
+    engine = [{x["clients"]: x["tok/s"] for x in run if x["proto"] == "engine"}
+              for run in by_round]
     out = []
-    for i, row in enumerate(rows[:per_round]):
-        runs = [rows[r * per_round + i] for r in range(rounds)]
+    for i, row in enumerate(by_round[0]):
+        runs = [run[i] for run in by_round]
         summary = {"server": row["server"], "proto": row["proto"], "clients": row["clients"],
                    "rounds": rounds, "median tok/s": statistics.median(x["tok/s"] for x in runs)}
-        engines = [[x for x in rows[r * per_round:(r + 1) * per_round]
-                    if x["proto"] == "engine" and x["clients"] == row["clients"]]
-                   for r in range(rounds)]
-        if all(engines):
+        if all(row["clients"] in e for e in engine):
             summary["median % of engine"] = 100 * statistics.median(
-                x["tok/s"] / e[0]["tok/s"] for x, e in zip(runs, engines, strict=True))
+                x["tok/s"] / e[x["clients"]] for x, e in zip(runs, engine, strict=True))
         out.append(summary)
     return out
 
@@ -410,18 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if args.url:
         for _ in range(args.rounds):
-            rows += asyncio.run(bench([("remote", args.url, args.grpc_target)], args))
+            rows += asyncio.run(bench([("remote", args.url, args.grpc_target)], args,
+                                      args.protocol))
     elif args.model_repository:
         threads = args.server_threads
         with local_server(args.model_repository, torch_threads=threads) as (http_url,
                                                                               grpc_target):
             for _ in range(args.rounds):
-                rows += asyncio.run(bench([("batched", http_url, grpc_target)], args))
+                rows += asyncio.run(bench([("batched", http_url, grpc_target)], args,
+                                          args.protocol))
         if args.compare:
-            args.protocol = [p for p in args.protocol if p != "engine"]
+            protocols = [p for p in args.protocol if p != "engine"]
             with local_server(args.model_repository, max_batch_sequences=1,
                               torch_threads=threads) as (http_url, grpc_target):
-                rows += asyncio.run(bench([("serial", http_url, grpc_target)], args))
+                rows += asyncio.run(bench([("serial", http_url, grpc_target)], args,
+                                          protocols))
     else:
         print("give --url or --model-repository", file=sys.stderr)
         return 2
