@@ -175,6 +175,7 @@ async def engine_caller(
     this process's SORA_* settings, with no front end in the way: the ceiling the HTTP and
     gRPC figures are measured against."""
     from model.sampling import DecodingParams
+    from service import heap
     from service.config import Settings
     from service.engine import TaskInput
     from service.http.app import new_registry
@@ -186,6 +187,7 @@ async def engine_caller(
         torch.set_num_threads(settings.torch_threads)
     registry = new_registry(settings)
     await registry.load_all()
+    heap.freeze()  # as `sora serve` does once its models are loaded
     engine = registry.get()
     task = TaskInput("translate", TEXT, target_lang="de")
     params = DecodingParams(max_new_tokens=max_new_tokens, ignore_eos=True)

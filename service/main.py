@@ -26,6 +26,7 @@ import torch
 import uvicorn
 
 from model.checkpoint import CheckpointError
+from service import heap
 from service.config import Settings
 from service.engine.errors import EngineError
 from service.engine.registry import ModelRegistry
@@ -161,6 +162,7 @@ class SoraServer:
                 raise StartupError(f"cannot load models: {e}") from None
             if self.grpc is not None:
                 self.grpc.set_serving(True)
+            heap.freeze()
             self.ready.set()
             log.info("ready: %s", ", ".join(f"{e.name}:{e.version}"
                                              for e in self.registry.engines()))

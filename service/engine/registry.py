@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.checkpoint import MANIFEST, load_checkpoint
+from service import heap
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine, ModelInfo
 from service.engine.errors import ModelNotFound
@@ -138,10 +139,16 @@ class ModelRegistry:
         self._engines[name] = new
         log.info("model %s now version %s", name, source.version)
         if old is not None:
-            task = asyncio.create_task(old.drain(self.drain_timeout))
+            task = asyncio.create_task(self._retire(old))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
         return new
+
+    async def _retire(self, engine: Engine) -> None:
+        """Drain a replaced engine, then let the collector free what it leaves behind."""
+        await engine.drain(self.drain_timeout)
+        del engine
+        heap.refreeze()
 
     async def scan(self) -> builtins.list[str]:
         """Reload every model whose newest version differs from the one served."""

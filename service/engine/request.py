@@ -2,7 +2,10 @@
 model decodes), with status, timestamps and an output channel the caller awaits.
 
 The engine thread changes status and posts events; the caller's event loop receives
-them through `loop.call_soon_threadsafe`, so nothing is shared without a hand-off.
+them through `loop.call_soon_threadsafe`, so nothing is shared without a hand-off. The
+loop keeps the events for streaming consumers and resolves one future when the job
+ends, so a unary caller waits on that future alone: no task, queue or generator per
+request on the event loop, whose time the engine thread pays for (it shares the GIL).
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ class Job:
         self.joiners: list[str] = []  # text placed after each sequence's output
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[tuple[str, int, object]] = asyncio.Queue()
+        self._done: asyncio.Future[Completion] = self._loop.create_future()
+        self._sequences_done = 0
         self._cancel = threading.Event()
         self._outcome: Completion | EngineError | None = None
         self.error: EngineError | None = None  # set by the engine thread
@@ -136,14 +141,20 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def outcome(self) -> asyncio.Future[Completion]:
+        """The job's completion (or its EngineError) as a future of the caller's loop,
+        for asyncio.wait/gather without wrapping a coroutine in a task. Cancelling it
+        does not cancel the job: call cancel() for that."""
+        return self._done
+
     async def result(self) -> Completion:
-        """Wait for the whole output. Raises the EngineError that ended the job."""
-        async for _ in self.deltas():
-            pass
-        assert self._outcome is not None
-        if isinstance(self._outcome, EngineError):
-            raise self._outcome
-        return self._outcome
+        """Wait for the whole output. Raises the EngineError that ended the job;
+        cancelling the waiting task cancels the job."""
+        try:
+            return await self._done
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
 
     async def deltas(self) -> AsyncIterator[StreamDelta]:
         """Text pieces in output order as they are generated (streaming jobs yield them
@@ -183,6 +194,26 @@ class Job:
                 # The consumer stopped early (client went away): free the rows.
                 self.cancel()
                 self._outcome = Cancelled("request cancelled by the client")
+                self._fail_outcome(self._outcome)
+
+    def _deliver(self, kind: str, index: int, payload: object) -> None:
+        """An engine event, on the caller's loop: queued for deltas(), and the outcome
+        resolved by the error or the last sequence's "done"."""
+        self._events.put_nowait((kind, index, payload))
+        if kind == "error":
+            assert isinstance(payload, EngineError)
+            self._fail_outcome(payload)
+        elif kind == "done":
+            self._sequences_done += 1
+            if self._sequences_done == len(self.sequences) and not self._done.done():
+                self._done.set_result(self._completion())
+
+    def _fail_outcome(self, error: EngineError) -> None:
+        if not self._done.done():
+            self._done.set_exception(error)
+            # Streaming consumers learn of it from deltas() and may never await the
+            # future; asyncio would log its exception as never retrieved.
+            self._done.exception()
 
     def _completion(self) -> Completion:
         seqs = self.sequences
@@ -205,7 +236,7 @@ class Job:
     # -- engine side (engine thread) ---------------------------------------------------
 
     def post(self, kind: str, index: int, payload: object = None) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, index, payload))
+        self._loop.call_soon_threadsafe(self._deliver, kind, index, payload)
 
     def fail(self, error: EngineError) -> None:
         if self.error is None:

@@ -280,7 +280,7 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
             await self._reject(context, e, path(e.field), engine, task)
             raise AssertionError("unreachable: abort raises") from None
         try:
-            results = await asyncio.gather(*(job.result() for job in jobs))
+            results = await asyncio.gather(*(job.outcome() for job in jobs))
         except EngineError as e:
             _cancel(jobs)
             index = next((i for i, j in enumerate(jobs) if j.error is e), None)

@@ -76,10 +76,10 @@ async def wait_all(request: Request, jobs: list[Job]) -> list[Completion]:
     """Every job's completion, in order. The first failure cancels the rest and is
     raised as an ApiError; a client disconnect cancels all and raises
     ClientDisconnected."""
-    tasks: list[asyncio.Future[Completion]] = [asyncio.ensure_future(j.result()) for j in jobs]
+    outcomes = [j.outcome() for j in jobs]
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        pending: set[asyncio.Future[Any]] = set(tasks)
+        pending: set[asyncio.Future[Any]] = set(outcomes)
         while pending:
             done, _ = await asyncio.wait(pending | {watcher},
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -92,13 +92,12 @@ async def wait_all(request: Request, jobs: list[Job]) -> list[Completion]:
                     raise from_engine_error(exc) from None
                 if exc is not None:
                     raise exc
-        return [t.result() for t in tasks]
+        return [f.result() for f in outcomes]
     finally:
         watcher.cancel()
-        for job, task in zip(jobs, tasks, strict=True):
-            if not task.done():
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if not outcome.done():
                 job.cancel()
-                task.cancel()
 
 
 def _usage(prompt: int, completion: int) -> Usage:

@@ -310,7 +310,7 @@ async def wait(jobs: list[Job]) -> list[Completion]:
     """Every job's completion, in order. The first failure cancels the others and is
     raised; so does cancellation of the awaiting task (a call that went away)."""
     try:
-        return list(await asyncio.gather(*(job.result() for job in jobs)))
+        return list(await asyncio.gather(*(job.outcome() for job in jobs)))
     except EngineError as e:
         cancel(jobs)
         raise oip_error(e) from None

@@ -4,6 +4,7 @@ requests that were not touched still produce exactly their solo output."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -76,6 +77,41 @@ async def test_cancelling_the_awaiting_task_cancels_the_request(
     await wait_until(lambda: engine._batch is None)
     inp = bystanders()[0]
     assert_same(await engine.generate(inp, SHORT), solo(engine, inp, SHORT))
+
+
+async def test_cancelling_a_result_waiter_cancels_the_job(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_steps(engine, monkeypatch)
+    job = engine.submit(TaskInput("summarize", TEXTS[4]), LONG)
+    waiter = asyncio.create_task(job.result())
+    await wait_until(lambda: job.id in running_jobs(engine))
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert job.cancelled
+    await wait_until(lambda: engine._batch is None)
+
+
+async def test_outcome_futures_gather_directly_and_match_result(engine: Engine) -> None:
+    jobs = [engine.submit(inp, SHORT) for inp in bystanders()]
+    done = await asyncio.gather(*(j.outcome() for j in jobs))
+    for job, inp, completion in zip(jobs, bystanders(), done, strict=True):
+        assert_same(completion, solo(engine, inp, SHORT), inp)
+        assert await job.result() is completion
+
+
+async def test_a_failed_stream_read_only_through_deltas_logs_no_stray_error(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow_steps(engine, monkeypatch)
+    job = engine.submit(TaskInput("summarize", TEXTS[4]), LONG, stream=True, timeout=0.05)
+    pieces = [d async for d in job.deltas()]  # ends at the deadline
+    assert sum(p.tokens for p in pieces) < LONG.max_new_tokens
+    await wait_until(lambda: engine._batch is None)
+    del job
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 async def test_cancel_while_queued_empties_the_queue(

@@ -4,8 +4,10 @@ good one takes new requests while the old engine finishes what it accepted."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from model.checkpoint import CheckpointError, save_checkpoint
 from model.sampling import DecodingParams
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
+from service import heap
 from service.engine import EngineConfig, EngineState, ModelNotFound, TaskInput
 from service.engine.registry import ModelRegistry
 
@@ -95,3 +98,39 @@ async def test_good_reload_switches_while_old_requests_finish(
     assert [r.completion_tokens for r in results] == [40, 40, 40]
     assert {r.version for r in results} == {"1"}
     await wait_until(lambda: old.state is EngineState.STOPPED)
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    heap.freeze()
+    yield
+    gc.unfreeze()
+
+
+async def test_a_replaced_engine_is_freed_though_the_heap_was_frozen(
+    registry: ModelRegistry, tmp_path: Path, tiny_checkpoint: Path, frozen_heap: None
+) -> None:
+    """`sora serve` freezes its start-up heap; an engine replaced by a reload must still
+    be collected once drained, cycles and all, or every reload would leak a model."""
+    old = weakref.ref(registry.get("tiny"))
+    shutil.copytree(tiny_checkpoint, tmp_path / "repo" / "tiny" / "2")
+    await registry.reload("tiny")
+    await wait_until(lambda: not registry._draining)
+    assert old() is None
+    assert gc.get_freeze_count() > 0  # frozen again for what is still in use
+
+
+def test_frozen_cycles_wait_for_refreeze(frozen_heap: None) -> None:
+    class Node:
+        ref: object = None
+
+    node = Node()
+    node.ref = node  # a cycle: refcounting alone never frees it
+    gc.collect()
+    gc.freeze()  # as if it had been alive at start-up
+    alive = weakref.ref(node)
+    del node
+    gc.collect()
+    assert alive() is not None
+    heap.refreeze()
+    assert alive() is None
