@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load import format_table, run_level, server_env
+from service.config import Settings
 
 MODES = ("alone", "thread", "process")
 
@@ -58,8 +59,9 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     daemon=True).start()
         ready.wait(60)  # its start-up (imports) is not part of the load
     try:
-        level = asyncio.run(run_level(mode, None, None, "engine", args.concurrency,
-                                      args.requests, 300.0, args.max_new_tokens))
+        with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
+            level = runner.run(run_level(mode, None, None, "engine", args.concurrency,
+                                         args.requests, 300.0, args.max_new_tokens))
     finally:
         if mode != "alone":
             stop.set()

@@ -405,8 +405,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.engine_level:  # the child process of engine_level()
-        level = asyncio.run(run_level("batched", None, None, "engine", args.concurrency[0],
-                                      args.requests, args.duration, args.max_new_tokens))
+        from service.config import Settings
+
+        # On the event loop a server with these settings would run.
+        with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
+            level = runner.run(run_level("batched", None, None, "engine", args.concurrency[0],
+                                         args.requests, args.duration, args.max_new_tokens))
         print(json.dumps(level.row()))
         return 0
     rows: list[dict[str, Any]] = []

@@ -8,7 +8,6 @@ arguments it serves the shipped checkpoint on HTTP 8000 and gRPC 50051.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     net.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0)")
     net.add_argument("--http-port", type=int, default=None, help="default 8000 (0: any free)")
     net.add_argument("--grpc-port", type=int, default=None, help="default 50051 (0: any free)")
+    net.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=None,
+                     help="auto (default): uvloop where installed")
     net.add_argument("--no-grpc", dest="grpc_enabled", action="store_const", const=False,
                      default=None, help="serve HTTP only")
     models = p.add_argument_group("models")
@@ -78,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"sora serve: error: model repository {settings.model_repository} does not exist "
               "(give --model-repository or SORA_MODEL_REPOSITORY)", file=sys.stderr)
         return 2
-    from service.main import serve
+    from service.main import run as run_server
 
-    return asyncio.run(serve(settings))
+    return run_server(settings)

@@ -18,9 +18,12 @@ Only this module and the CLI read the environment; everything below receives a
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -119,6 +122,11 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
     grpc_enabled: bool = True
     grpc_max_message_bytes: int = Field(default=4 * MiB, ge=1024)
+    # The event loop both servers share. uvloop (libuv; its loop machinery in C) spends
+    # less Python time per request, time the engine thread would otherwise wait for
+    # (they share the GIL). auto: uvloop where installed (the serve extra on Linux and
+    # macOS), else asyncio's own loop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     # -- models --------------------------------------------------------------------------
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
@@ -202,6 +210,13 @@ class Settings(BaseSettings):
             raise ValueError(f"expected one of {', '.join(DTYPES)}")
         return value
 
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop(cls, value: str) -> str:
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed (pip install uvloop, or use auto)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -251,6 +266,14 @@ class Settings(BaseSettings):
 
     def api_key_values(self) -> list[str]:
         return [k.get_secret_value() for k in self.api_keys]
+
+    def loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """What asyncio.Runner should build the servers' loop with (None: asyncio's)."""
+        if self.event_loop == "asyncio" or importlib.util.find_spec("uvloop") is None:
+            return None
+        import uvloop
+
+        return uvloop.new_event_loop
 
     def log_summary(self) -> dict[str, object]:
         """The settings as safe to log: secrets replaced by a count."""

@@ -205,6 +205,12 @@ class SoraServer:
             await self.registry.drain(0)  # no-op after a drain; stops engines on errors
 
 
+def run(settings: Settings) -> int:
+    """serve() on the event loop the settings choose; returns the process exit code."""
+    with asyncio.Runner(loop_factory=settings.loop_factory()) as runner:
+        return runner.run(serve(settings))
+
+
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
@@ -215,6 +221,7 @@ async def serve(settings: Settings) -> int:
     log.debug("settings: %s", settings.log_summary())
     server = SoraServer(settings)
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     try:

@@ -4,6 +4,7 @@ settings."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def test_api_keys_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"http_port": 9000, "grpc_port": 9000}, "differ"),
         ({"max_body_bytes": 0}, "max_body_bytes"),
         ({"torch_threads": -1}, "torch_threads"),
+        ({"event_loop": "trio"}, "event_loop"),
     ],
 )
 def test_invalid_settings_one_message(kwargs: dict[str, Any], needle: str) -> None:
@@ -132,3 +134,15 @@ def test_torch_threads_setting_applies_at_start(tmp_path: Path) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    assert Settings.load().loop_factory() is uvloop.new_event_loop  # auto, installed
+    assert Settings.load(event_loop="uvloop").loop_factory() is uvloop.new_event_loop
+    assert Settings.load(event_loop="asyncio").loop_factory() is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert Settings.load().loop_factory() is None  # auto falls back to asyncio's loop
+    with pytest.raises(SettingsError, match=r"event_loop.*uvloop is not installed"):
+        Settings.load(event_loop="uvloop")

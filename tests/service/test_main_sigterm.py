@@ -96,6 +96,7 @@ def test_sigterm_drains_in_flight_requests(service_checkpoint: Path, tmp_path: P
         else:
             assert all(x["usage"]["completion_tokens"] == 500 for x in r.json()["results"])
     assert "shutting down" in output and "Traceback" not in output
+    assert "event loop: uvloop.Loop" in output  # the default where uvloop is installed
 
 
 def test_serve_without_arguments_uses_the_shipped_checkpoint(tmp_path: Path) -> None:
