@@ -14,7 +14,6 @@ sharing the interpreter. Each run is a fresh process; rounds alternate the three
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
@@ -26,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import format_table, run_level, server_env
-from service.config import Settings
+from benchmarks.load import format_table, run_engine_level, server_env
 
 MODES = ("alone", "thread", "process")
 
@@ -59,9 +57,8 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     daemon=True).start()
         ready.wait(60)  # its start-up (imports) is not part of the load
     try:
-        with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
-            level = runner.run(run_level(mode, None, None, "engine", args.concurrency,
-                                         args.requests, 300.0, args.max_new_tokens))
+        level = run_engine_level(mode, args.concurrency, args.requests, 300.0,
+                                 args.max_new_tokens)
     finally:
         if mode != "alone":
             stop.set()

@@ -249,6 +249,17 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
     # (a random-weight test checkpoint) shows nan.
 
 
+def run_engine_level(name: str, concurrency: int, requests: int, duration_s: float,
+                     max_new_tokens: int) -> Level:
+    """run_level() for the bare engine, on the event loop a server with this process's
+    SORA_* settings would run."""
+    from service.config import Settings
+
+    with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
+        return runner.run(run_level(name, None, None, "engine", concurrency, requests,
+                                    duration_s, max_new_tokens))
+
+
 def engine_level(repository: Path, concurrency: int, args: argparse.Namespace
                  ) -> dict[str, Any]:
     """One engine-level run in a fresh process configured like the servers (so neither
@@ -405,12 +416,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.engine_level:  # the child process of engine_level()
-        from service.config import Settings
-
-        # On the event loop a server with these settings would run.
-        with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
-            level = runner.run(run_level("batched", None, None, "engine", args.concurrency[0],
-                                         args.requests, args.duration, args.max_new_tokens))
+        level = run_engine_level("batched", args.concurrency[0], args.requests,
+                                 args.duration, args.max_new_tokens)
         print(json.dumps(level.row()))
         return 0
     rows: list[dict[str, Any]] = []

@@ -128,7 +128,7 @@ class Job:
         self._done: asyncio.Future[Completion] = self._loop.create_future()
         self._sequences_done = 0
         self._cancel = threading.Event()
-        self._outcome: Completion | EngineError | None = None
+        self._drained = False  # deltas() has run to the job's end (or was abandoned)
         self.error: EngineError | None = None  # set by the engine thread
 
     # -- caller side (event loop) ------------------------------------------------------
@@ -159,7 +159,7 @@ class Job:
     async def deltas(self) -> AsyncIterator[StreamDelta]:
         """Text pieces in output order as they are generated (streaming jobs yield them
         token by token; others yield each segment's text once it is done)."""
-        if self._outcome is not None:
+        if self._drained:
             return
         n = len(self.sequences)
         pending: list[list[StreamDelta]] = [[] for _ in range(n)]
@@ -169,8 +169,7 @@ class Job:
             while current < n:
                 kind, idx, payload = await self._events.get()
                 if kind == "error":
-                    assert isinstance(payload, EngineError)
-                    self._outcome = payload
+                    self._drained = True
                     return
                 if kind == "delta":
                     assert isinstance(payload, StreamDelta)
@@ -188,13 +187,13 @@ class Job:
                             for d in pending[current]:
                                 yield d
                             pending[current].clear()
-            self._outcome = self._completion()
+            self._drained = True
         finally:
-            if self._outcome is None:
+            if not self._drained:
                 # The consumer stopped early (client went away): free the rows.
+                self._drained = True
                 self.cancel()
-                self._outcome = Cancelled("request cancelled by the client")
-                self._fail_outcome(self._outcome)
+                self._fail_outcome(Cancelled("request cancelled by the client"))
 
     def _deliver(self, kind: str, index: int, payload: object) -> None:
         """An engine event, on the caller's loop: queued for deltas(), and the outcome
