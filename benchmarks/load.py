@@ -180,7 +180,7 @@ async def engine_caller(
     from service.engine import TaskInput
     from service.http.app import new_registry
 
-    settings = Settings.load()
+    settings = Settings.load(engine_process=False)  # the bare engine, even behind a core
     if settings.torch_threads:
         import torch
 

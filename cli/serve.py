@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16")
     models.add_argument("--quantize-int8", action="store_const", const=True, default=None,
                         help="int8 dynamic quantization (CPU)")
+    models.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
+                        help="run each model's engine in a process of its own")
     models.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                         default=None)
     limits = p.add_argument_group("limits")

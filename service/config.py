@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # torch intra-op threads; 0 keeps torch's default (one per core). On a small CPU, one
     # fewer than the cores leaves the event loop a core of its own.
     torch_threads: int = Field(default=0, ge=0)
+    # Run each model's engine in a process of its own; this process keeps HTTP, gRPC and
+    # tokenization. In one process the engine thread waits for the GIL whenever the
+    # front ends run Python (README: "Serving throughput").
+    engine_process: bool = False
 
     # -- batching limits (EngineConfig) --------------------------------------------------
     max_batch_sequences: int = Field(default=64, ge=1)

@@ -30,7 +30,7 @@ from service.engine.stats import RequestStats, StepStats
 disable_created_metrics()
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
+    from service.engine.protocol import EngineClient
     from service.engine.registry import ModelRegistry
 
 # Seconds: from GPU milliseconds to CPU tens of seconds.
@@ -184,6 +184,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def engine_load(engine: Engine) -> tuple[int, int]:
+def engine_load(engine: EngineClient) -> tuple[int, int]:
     """(running rows, waiting sequences) of an engine right now."""
     return engine.running, engine.waiting

@@ -20,7 +20,8 @@ import torch
 from model.checkpoint import Checkpoint
 from model.device import quantize_int8, resolve_device
 from model.sampling import DecodingParams
-from model.tokenizer import LANGUAGES, TASKS, TokenizerError
+from model.tokenizer import LANGUAGES, TASKS
+from service.engine.admission import Admission
 from service.engine.batch import RunningBatch
 from service.engine.config import EngineConfig
 from service.engine.errors import (
@@ -28,20 +29,15 @@ from service.engine.errors import (
     DeadlineExceeded,
     EngineError,
     ExecutionError,
-    InputTooLong,
-    InvalidRequest,
     Unavailable,
 )
 from service.engine.request import Completion, Job, Sequence, Status, StreamDelta, TaskInput
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Scheduler
-from service.engine.segment import SegmentTooLong, split_document
 from service.engine.stats import Listener, RequestStats, StepStats
 
 log = logging.getLogger(__name__)
 
-# Tokens the task prefix and eos add to a source (<task> <2xx> ... </s>).
-PREFIX_TOKENS = 3
 REAP_INTERVAL_S = 0.05
 
 
@@ -94,6 +90,10 @@ class Engine:
             self.config.max_source_tokens or cfg.max_source_positions, cfg.max_source_positions
         )
         self.max_new_tokens = min(self.config.max_new_tokens, cfg.max_target_positions)
+        self.admission = Admission(
+            self.tokenizer, self.config, max_source_tokens=self.max_source_tokens,
+            max_new_tokens=self.max_new_tokens,
+        )
         self.scheduler = Scheduler(self.config)
         self.state = EngineState.LOADING
         self._wake = threading.Condition()
@@ -233,24 +233,7 @@ class Engine:
     ) -> Job:
         if not internal and self.state is not EngineState.READY:
             raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
-        if params is None:
-            # The configured default, capped by what this model's positions allow.
-            params = DecodingParams(
-                max_new_tokens=min(self.config.default_max_new_tokens, self.max_new_tokens)
-            )
-        if params.max_new_tokens > self.max_new_tokens:
-            raise InvalidRequest(
-                f"max_new_tokens is {params.max_new_tokens}; the limit is {self.max_new_tokens}",
-                field="max_new_tokens",
-            )
-        if params.rows > self.config.max_batch_sequences:
-            raise InvalidRequest(
-                f"beam_size {params.rows} exceeds the batch limit "
-                f"{self.config.max_batch_sequences}",
-                field="beam_size",
-            )
-        if timeout is not None and timeout <= 0:
-            raise InvalidRequest("timeout must be positive", field="timeout")
+        params = self.admission.params(params, timeout)
         job = Job(
             task_input,
             model=self.name,
@@ -261,79 +244,18 @@ class Engine:
             stream=stream,
             request_id=request_id,
         )
-        for i, (source_ids, joiner) in enumerate(self._sources(task_input)):
-            seq = Sequence(job=job, index=i, source_ids=source_ids, params=params)
-            if seq.reserved_tokens > self.config.max_batch_tokens:
-                raise InputTooLong(
-                    f"input needs {seq.reserved_tokens} batch tokens (source + max_new_tokens"
-                    f" x rows); the limit is {self.config.max_batch_tokens}",
-                    field="max_new_tokens",
-                )
-            job.sequences.append(seq)
-            job.joiners.append(joiner)
+        self.admission.fill(job, params)
+        self.enqueue(job)
+        return job
+
+    def enqueue(self, job: Job) -> None:
+        """Queue a job whose sequences are built and checked (any thread). Raises
+        Overloaded when the queue is full."""
         self.scheduler.add(job.sequences)
         with self._open_lock:
             self._open += len(job.sequences)
         with self._wake:
             self._wake.notify()
-        return job
-
-    def _check_text(self, name: str, value: str | None, required: bool = True) -> str:
-        if value is None or not value.strip():
-            if required:
-                raise InvalidRequest(f"{name} must be a non-empty string", field=name)
-            return ""
-        if len(value) > self.config.max_input_chars:
-            raise InputTooLong(
-                f"{name} has {len(value)} characters; the limit is {self.config.max_input_chars}",
-                field=name,
-            )
-        return value
-
-    def _sources(self, inp: TaskInput) -> list[tuple[list[int], str]]:
-        """Encoder inputs for a request: one, or one per segment of a long document."""
-        tok = self.tokenizer
-        limit = self.max_source_tokens
-        if inp.task not in TASKS:
-            raise InvalidRequest(
-                f"unknown task {inp.task!r}; expected one of {', '.join(TASKS)}", field="task"
-            )
-        if inp.task == "translate":
-            if not inp.target_lang:
-                raise InvalidRequest("target_lang is required for translate", field="target_lang")
-            for name, lang in (("target_lang", inp.target_lang), ("source_lang", inp.source_lang)):
-                if lang is not None and lang not in LANGUAGES:
-                    raise InvalidRequest(
-                        f"unsupported language {lang!r}; supported: {', '.join(LANGUAGES)}",
-                        field=name,
-                    )
-        if inp.task == "answer":
-            question = self._check_text("question", inp.text)
-            context = self._check_text("context", inp.context, required=False)
-            ids = tok.source_ids("answer", question, context=context or None)
-            if len(ids) > limit:
-                raise InputTooLong(
-                    f"question and context have {len(ids)} tokens; the limit is {limit}",
-                    field="context" if context else "question",
-                )
-            return [(ids, "")]
-        text = self._check_text("text", inp.text)
-        try:
-            ids = tok.source_ids(inp.task, text, inp.target_lang)
-            if len(ids) <= limit:
-                return [(ids, "")]
-            segments = split_document(text, lambda s: len(tok.encode(s)), limit - PREFIX_TOKENS)
-        except TokenizerError as e:
-            raise InvalidRequest(str(e), field="text") from e
-        except SegmentTooLong as e:
-            raise InputTooLong(str(e), field="text") from e
-        if len(segments) > self.config.max_segments:
-            raise InputTooLong(
-                f"text splits into {len(segments)} segments; the limit is "
-                f"{self.config.max_segments}",
-                field="text",
-            )
-        return [(tok.source_ids(inp.task, s.text, inp.target_lang), s.joiner) for s in segments]
 
     # -- the engine thread -------------------------------------------------------------
 

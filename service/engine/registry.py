@@ -18,8 +18,10 @@ from pathlib import Path
 from model.checkpoint import MANIFEST, load_checkpoint
 from service import heap
 from service.engine.config import EngineConfig
+from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.engine import Engine, ModelInfo
 from service.engine.errors import ModelNotFound
+from service.engine.protocol import EngineClient
 from service.engine.stats import Listener
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,14 @@ class ModelRegistry:
         config: EngineConfig,
         default_model: str | None = None,
         drain_timeout: float = 30.0,
+        core: CoreOptions | None = None,
     ) -> None:
         self.repository = Path(repository)
+        self.core = core  # None: engines run in this process; else in processes of their own
         self.config = config
         self.default_model = default_model
         self.drain_timeout = drain_timeout
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, EngineClient] = {}
         self._listeners: list[Listener] = []
         self._draining: set[asyncio.Task[None]] = set()
 
@@ -77,9 +81,14 @@ class ModelRegistry:
         for engine in self._engines.values():
             engine.add_listener(listener)
 
-    async def _start_engine(self, source: ModelSource) -> Engine:
-        ckpt = await asyncio.to_thread(load_checkpoint, source.path)
-        engine = Engine(ckpt, self.config, name=source.name, version=source.version)
+    async def _start_engine(self, source: ModelSource) -> EngineClient:
+        engine: EngineClient
+        if self.core is not None:  # the core process verifies and loads the checkpoint
+            engine = CoreClient(source.path, self.config, name=source.name,
+                                version=source.version, options=self.core)
+        else:
+            ckpt = await asyncio.to_thread(load_checkpoint, source.path)
+            engine = Engine(ckpt, self.config, name=source.name, version=source.version)
         for listener in self._listeners:
             engine.add_listener(listener)
         await engine.start()
@@ -100,7 +109,7 @@ class ModelRegistry:
         elif self.default_model not in self._engines:
             raise ModelNotFound(f"default model {self.default_model!r} is not in the repository")
 
-    def get(self, name: str | None = None, version: str | None = None) -> Engine:
+    def get(self, name: str | None = None, version: str | None = None) -> EngineClient:
         name = name or self.default_model
         engine = self._engines.get(name or "")
         if engine is None:
@@ -112,7 +121,7 @@ class ModelRegistry:
             )
         return engine
 
-    def engines(self) -> list[Engine]:
+    def engines(self) -> list[EngineClient]:
         return list(self._engines.values())
 
     def list(self) -> list[ModelInfo]:
@@ -124,7 +133,7 @@ class ModelRegistry:
 
     async def reload(
         self, name: str, path: Path | None = None, version: str | None = None
-    ) -> Engine:
+    ) -> EngineClient:
         """Hot-swap model `name` to `path` (default: its newest version in the repository).
         Raises (and keeps the old engine serving) when the new checkpoint is bad."""
         if path is None:
@@ -144,7 +153,7 @@ class ModelRegistry:
             task.add_done_callback(self._draining.discard)
         return new
 
-    async def _retire(self, engine: Engine) -> None:
+    async def _retire(self, engine: EngineClient) -> None:
         """Drain a replaced engine, then let the collector free what it leaves behind."""
         await engine.drain(self.drain_timeout)
         del engine

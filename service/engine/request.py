@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from model.generation import BeamSearch
@@ -96,6 +96,10 @@ class Completion:
     segments: int
 
 
+EventSink = Callable[["Job", str, int, object], None]
+"""Where an engine-core process sends a job's events instead of a caller's loop."""
+
+
 class Job:
     """What one caller submitted: sequences whose outputs are joined in order."""
 
@@ -110,6 +114,8 @@ class Job:
         deadline: float | None,
         stream: bool,
         request_id: str | None = None,
+        arrival: float | None = None,
+        sink: EventSink | None = None,
     ) -> None:
         self.id = request_id or uuid.uuid4().hex
         self.input = task_input
@@ -119,15 +125,18 @@ class Job:
         self.priority = priority
         self.deadline = deadline  # time.monotonic() value, or None
         self.stream = stream
-        self.arrival = time.monotonic()
+        self.arrival = time.monotonic() if arrival is None else arrival
         self.order = next(_arrival_counter)
         self.sequences: list[Sequence] = []
         self.joiners: list[str] = []  # text placed after each sequence's output
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[tuple[str, int, object]] = asyncio.Queue()
-        self._done: asyncio.Future[Completion] = self._loop.create_future()
+        self.sink = sink
+        if sink is None:  # the caller awaits this job on its own loop
+            self._loop = asyncio.get_running_loop()
+            self._events: asyncio.Queue[tuple[str, int, object]] = asyncio.Queue()
+            self._done: asyncio.Future[Completion] = self._loop.create_future()
         self._sequences_done = 0
         self._cancel = threading.Event()
+        self.on_cancel: Callable[[], None] | None = None  # forwards cancel() (engine core)
         self._drained = False  # deltas() has run to the job's end (or was abandoned)
         self.error: EngineError | None = None  # set by the engine thread
 
@@ -135,7 +144,10 @@ class Job:
 
     def cancel(self) -> None:
         """Ask the engine to drop this job; its rows are freed at the next step."""
-        self._cancel.set()
+        if not self._cancel.is_set():
+            self._cancel.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -195,7 +207,7 @@ class Job:
                 self.cancel()
                 self._fail_outcome(Cancelled("request cancelled by the client"))
 
-    def _deliver(self, kind: str, index: int, payload: object) -> None:
+    def deliver(self, kind: str, index: int, payload: object) -> None:
         """An engine event, on the caller's loop: queued for deltas(), and the outcome
         resolved by the error or the last sequence's "done"."""
         self._events.put_nowait((kind, index, payload))
@@ -235,7 +247,10 @@ class Job:
     # -- engine side (engine thread) ---------------------------------------------------
 
     def post(self, kind: str, index: int, payload: object = None) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, kind, index, payload)
+        if self.sink is not None:
+            self.sink(self, kind, index, payload)
+        else:
+            self._loop.call_soon_threadsafe(self.deliver, kind, index, payload)
 
     def fail(self, error: EngineError) -> None:
         if self.error is None:

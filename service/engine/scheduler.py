@@ -18,6 +18,13 @@ from service.engine.errors import Overloaded
 from service.engine.request import Sequence
 
 
+def retry_after(waiting: int, avg_seq_seconds: float, config: EngineConfig) -> float:
+    """Seconds an overloaded caller should wait: the queue's batches at the mean time a
+    sequence spends in the engine (at least one second)."""
+    backlog = waiting / config.max_batch_sequences
+    return max(1.0, math.ceil(avg_seq_seconds * max(backlog, 1.0)))
+
+
 class Scheduler:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -33,12 +40,10 @@ class Scheduler:
         """Queue a job's sequences, or reject the whole job when the queue is full."""
         with self._lock:
             if len(self._heap) + len(seqs) > self.config.max_waiting:
-                backlog = len(self._heap) / self.config.max_batch_sequences
-                retry = max(1.0, math.ceil(self.avg_seq_seconds * max(backlog, 1.0)))
                 raise Overloaded(
                     f"server overloaded: {len(self._heap)} sequences waiting "
                     f"(limit {self.config.max_waiting})",
-                    retry_after=retry,
+                    retry_after=retry_after(len(self._heap), self.avg_seq_seconds, self.config),
                 )
             for s in seqs:
                 heapq.heappush(self._heap, (-s.job.priority, s.job.order, s.index, s))

@@ -17,8 +17,8 @@ from google.protobuf.descriptor import FileDescriptor
 
 from proto.inference import grpc_service_pb2 as pb
 from proto.inference import grpc_service_pb2_grpc as pb_grpc
-from service.engine.engine import Engine
 from service.engine.errors import DeadlineExceeded, EngineError, ModelNotFound
+from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
 from service.grpc.errors import to_grpc
 from service.grpc.servicer import RejectionRecorder
@@ -96,7 +96,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        engine: Engine | None = None
+        engine: EngineClient | None = None
         task = "unknown"
         try:
             engine = self.registry.get(request.model_name or None,
@@ -130,7 +130,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         given = [t for t in (remaining, requested) if t is not None]
         return min(given) if given else self.default_timeout
 
-    def _rejected(self, engine: Engine | None, task: str, error: EngineError) -> None:
+    def _rejected(self, engine: EngineClient | None, task: str, error: EngineError) -> None:
         """Count a request the engine never accepted."""
         if self.metrics is None:
             return

@@ -17,8 +17,9 @@ import grpc
 
 from model.sampling import DecodingParams
 from proto.sora.v1 import sora_pb2, sora_pb2_grpc
-from service.engine.engine import Engine, ModelInfo
+from service.engine.engine import ModelInfo
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest
+from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
 from service.engine.request import Completion, Job, TaskInput
 from service.grpc.errors import to_grpc
@@ -78,7 +79,7 @@ def _field_path(prefix: str, own: dict[str, str]) -> FieldPath:
 
 
 def decoding_params(
-    options: sora_pb2.DecodingOptions | None, engine: Engine
+    options: sora_pb2.DecodingOptions | None, engine: EngineClient
 ) -> DecodingParams | None:
     """The request's DecodingParams, or None for the engine's defaults. Raises
     InvalidRequest naming `options.<field>`."""
@@ -192,7 +193,7 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
     ) -> AsyncIterator[sora_pb2.GenerateStreamResponse]:
         task = TASKS.get(request.task)
         path = _field_path("", {"question": "text", "context": "context", "text": "text"})
-        engine: Engine | None = None
+        engine: EngineClient | None = None
         try:
             if task is None:
                 raise InvalidRequest("task must be translate, summarize or answer", field="task")
@@ -252,7 +253,7 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         context: grpc.aio.ServicerContext,
     ) -> tuple[list[Completion], str, str]:
         """Submit every input, then wait for all; (completions, model, version)."""
-        engine: Engine | None = None
+        engine: EngineClient | None = None
         jobs: list[Job] = []
         path: FieldPath = _field_path("", {})
         try:
@@ -306,7 +307,7 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         context: grpc.aio.ServicerContext,
         error: EngineError,
         field: str | None,
-        engine: Engine | None,
+        engine: EngineClient | None,
         task: str,
     ) -> None:
         """A request the engine never accepted: count it, then abort the call."""

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.config import Settings
+from service.engine.core_client import CoreOptions
 from service.engine.registry import ModelRegistry
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -40,6 +41,8 @@ def new_registry(settings: Settings) -> ModelRegistry:
         settings.engine_config(),
         default_model=settings.default_model,
         drain_timeout=settings.drain_timeout_s,
+        core=CoreOptions(settings.torch_threads, settings.log_level, settings.log_format)
+        if settings.engine_process else None,
     )
 
 

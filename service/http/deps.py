@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from service.config import Settings
-from service.engine.engine import Engine
 from service.engine.errors import Unavailable
+from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
 from service.http.errors import ApiError
 from service.http.logs import request_id_var
@@ -94,7 +94,7 @@ async def call_context(request: Request) -> CallContext:
     return CallContext(request_id=request_id_var.get(), timeout=timeout)
 
 
-def resolve_engine(request: Request, model: str | None) -> Engine:
+def resolve_engine(request: Request, model: str | None) -> EngineClient:
     """The engine for `model`, or 503 while the server loads or drains, 404 if unknown."""
     if get_server_state(request).draining:
         raise Unavailable("server is shutting down; retry on another instance")

@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import Request
 
 from model.sampling import DecodingParams
-from service.engine.engine import Engine
 from service.engine.errors import EngineError
+from service.engine.protocol import EngineClient
 from service.engine.request import Completion, Job, TaskInput
 from service.http.errors import ApiError, error_body, from_engine_error
 from service.http.schemas import Result, TaskResponse, Usage
@@ -33,7 +33,7 @@ class ClientDisconnected(Exception):
 
 
 def submit_all(
-    engine: Engine,
+    engine: EngineClient,
     inputs: Sequence[TaskInput],
     params: DecodingParams,
     *,
@@ -105,7 +105,7 @@ def _usage(prompt: int, completion: int) -> Usage:
                  total_tokens=prompt + completion)
 
 
-def task_response(engine: Engine, completions: list[Completion]) -> TaskResponse:
+def task_response(engine: EngineClient, completions: list[Completion]) -> TaskResponse:
     results = [
         Result(text=c.text, finish_reason=c.finish_reason,  # type: ignore[arg-type]
                usage=_usage(c.prompt_tokens, c.completion_tokens))
@@ -125,7 +125,7 @@ def _event(data: object, event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def sse_stream(engine: Engine, jobs: list[Job]) -> AsyncIterator[str]:
+async def sse_stream(engine: EngineClient, jobs: list[Job]) -> AsyncIterator[str]:
     """Server-Sent Events for `jobs` (one per input, `index` = its position):
 
         data: {"index": 0, "text": "Hal"}            (one per piece, any index order)

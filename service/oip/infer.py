@@ -25,8 +25,8 @@ from typing import Any
 
 from model.sampling import DecodingParams
 from model.tokenizer import TASKS
-from service.engine.engine import Engine
 from service.engine.errors import EngineError, InvalidRequest
+from service.engine.protocol import EngineClient
 from service.engine.request import Completion, Job, TaskInput
 from service.oip.tensors import FLOAT_TYPES, INTEGER_TYPES, Tensor, bad, bytes_tensor
 
@@ -190,7 +190,7 @@ def _outputs(request: InferRequest) -> tuple[str, ...]:
     return tuple(dict.fromkeys(request.outputs)) or OUTPUTS
 
 
-def decoding_params(values: dict[str, Scalar], engine: Engine) -> DecodingParams:
+def decoding_params(values: dict[str, Scalar], engine: EngineClient) -> DecodingParams:
     kwargs: dict[str, Any] = {k: values[k] for k in DECODING if k in values}
     # The configured default, capped by what this model's target positions allow.
     kwargs.setdefault(
@@ -204,7 +204,7 @@ def decoding_params(values: dict[str, Scalar], engine: Engine) -> DecodingParams
         raise InvalidRequest(f"parameter '{name}': {why}" if name else why) from None
 
 
-def make_plan(request: InferRequest, engine: Engine, *, max_texts: int) -> InferPlan:
+def make_plan(request: InferRequest, engine: EngineClient, *, max_texts: int) -> InferPlan:
     """Validate `request` against Sora's inputs and build the engine work. Raises
     InvalidRequest naming the input, output or parameter."""
     inputs: dict[str, Tensor] = {}
@@ -278,7 +278,7 @@ def _where(plan: InferPlan, index: int, error: EngineError) -> str:
 
 
 def submit(
-    engine: Engine,
+    engine: EngineClient,
     plan: InferPlan,
     *,
     protocol: str,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import metadata as package_metadata
 
-from service.engine.engine import Engine
+from service.engine.protocol import EngineClient
 from service.oip.infer import SETTINGS
 
 SERVER_NAME = "sora"
@@ -75,6 +75,6 @@ def server_metadata() -> ServerMetadata:
     return ServerMetadata(SERVER_NAME, server_version(), EXTENSIONS)
 
 
-def model_metadata(engine: Engine) -> ModelMetadata:
+def model_metadata(engine: EngineClient) -> ModelMetadata:
     """One served version per model: the registry serves the newest."""
     return ModelMetadata(engine.name, (engine.version,), PLATFORM, INPUTS, OUTPUTS)

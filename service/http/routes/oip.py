@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.engine.engine import Engine
 from service.engine.errors import EngineError, Unavailable
+from service.engine.protocol import EngineClient
 from service.http.deps import (
     CallContext,
     call_context,
@@ -99,7 +99,7 @@ def _serving(request: Request) -> str | None:
     return None
 
 
-def _engine(request: Request, name: str, version: str | None) -> Engine:
+def _engine(request: Request, name: str, version: str | None) -> EngineClient:
     registry = get_registry(request)
     if not registry.engines():
         raise Unavailable("models are still loading")
@@ -168,7 +168,7 @@ async def infer(
 ) -> Response:
     """Run the model on BYTES tensor `text` (see the model metadata for every input)."""
     metrics = get_metrics(request)
-    engine: Engine | None = None
+    engine: EngineClient | None = None
     task = "unknown"
     try:
         if get_server_state(request).draining:

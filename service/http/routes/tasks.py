@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.sampling import DecodingParams
-from service.engine.engine import Engine
+from service.engine.protocol import EngineClient
 from service.engine.request import TaskInput
 from service.http.deps import (
     CallContext,
@@ -63,7 +63,7 @@ def _texts(
 
 
 def _params(
-    options: DecodingOptions, engine: Engine, max_length: int | None = None
+    options: DecodingOptions, engine: EngineClient, max_length: int | None = None
 ) -> DecodingParams:
     data = options.model_dump(exclude={"timeout"})
     if data["max_new_tokens"] is None:

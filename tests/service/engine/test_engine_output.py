@@ -13,7 +13,7 @@ from conftest import TEXTS, Recorder, assert_same, solo, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Cancelled, Engine, TaskInput
-from service.engine.engine import PREFIX_TOKENS
+from service.engine.admission import PREFIX_TOKENS
 from service.engine.segment import split_document
 
 DOCUMENT = "\n\n".join([

@@ -1,0 +1,127 @@
+"""Whether a request may enter an engine, and the encoder inputs it becomes.
+
+Everything here runs on the caller's event loop before anything is queued, so bad input
+is rejected at once with an error naming the field. Both the in-process engine and the
+client of an engine-core process use it: the core only ever receives token ids.
+"""
+
+from __future__ import annotations
+
+from model.sampling import DecodingParams
+from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
+from service.engine.config import EngineConfig
+from service.engine.errors import InputTooLong, InvalidRequest
+from service.engine.request import Job, Sequence, TaskInput
+from service.engine.segment import SegmentTooLong, split_document
+
+# Tokens the task prefix and eos add to a source (<task> <2xx> ... </s>).
+PREFIX_TOKENS = 3
+
+
+class Admission:
+    def __init__(
+        self,
+        tokenizer: SoraTokenizer,
+        config: EngineConfig,
+        *,
+        max_source_tokens: int,
+        max_new_tokens: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.max_source_tokens = max_source_tokens
+        self.max_new_tokens = max_new_tokens
+
+    def params(self, params: DecodingParams | None, timeout: float | None) -> DecodingParams:
+        """The request's decoding parameters (the configured default when it gave none),
+        checked against this model's limits."""
+        if params is None:
+            # The configured default, capped by what this model's positions allow.
+            params = DecodingParams(
+                max_new_tokens=min(self.config.default_max_new_tokens, self.max_new_tokens)
+            )
+        if params.max_new_tokens > self.max_new_tokens:
+            raise InvalidRequest(
+                f"max_new_tokens is {params.max_new_tokens}; the limit is {self.max_new_tokens}",
+                field="max_new_tokens",
+            )
+        if params.rows > self.config.max_batch_sequences:
+            raise InvalidRequest(
+                f"beam_size {params.rows} exceeds the batch limit "
+                f"{self.config.max_batch_sequences}",
+                field="beam_size",
+            )
+        if timeout is not None and timeout <= 0:
+            raise InvalidRequest("timeout must be positive", field="timeout")
+        return params
+
+    def fill(self, job: Job, params: DecodingParams) -> None:
+        """Give `job` its sequences: one per encoder input of its task input."""
+        for i, (source_ids, joiner) in enumerate(self.sources(job.input)):
+            seq = Sequence(job=job, index=i, source_ids=source_ids, params=params)
+            if seq.reserved_tokens > self.config.max_batch_tokens:
+                raise InputTooLong(
+                    f"input needs {seq.reserved_tokens} batch tokens (source + max_new_tokens"
+                    f" x rows); the limit is {self.config.max_batch_tokens}",
+                    field="max_new_tokens",
+                )
+            job.sequences.append(seq)
+            job.joiners.append(joiner)
+
+    def _check_text(self, name: str, value: str | None, required: bool = True) -> str:
+        if value is None or not value.strip():
+            if required:
+                raise InvalidRequest(f"{name} must be a non-empty string", field=name)
+            return ""
+        if len(value) > self.config.max_input_chars:
+            raise InputTooLong(
+                f"{name} has {len(value)} characters; the limit is {self.config.max_input_chars}",
+                field=name,
+            )
+        return value
+
+    def sources(self, inp: TaskInput) -> list[tuple[list[int], str]]:
+        """Encoder inputs for a request: one, or one per segment of a long document,
+        each with the text placed after its output."""
+        tok = self.tokenizer
+        limit = self.max_source_tokens
+        if inp.task not in TASKS:
+            raise InvalidRequest(
+                f"unknown task {inp.task!r}; expected one of {', '.join(TASKS)}", field="task"
+            )
+        if inp.task == "translate":
+            if not inp.target_lang:
+                raise InvalidRequest("target_lang is required for translate", field="target_lang")
+            for name, lang in (("target_lang", inp.target_lang), ("source_lang", inp.source_lang)):
+                if lang is not None and lang not in LANGUAGES:
+                    raise InvalidRequest(
+                        f"unsupported language {lang!r}; supported: {', '.join(LANGUAGES)}",
+                        field=name,
+                    )
+        if inp.task == "answer":
+            question = self._check_text("question", inp.text)
+            context = self._check_text("context", inp.context, required=False)
+            ids = tok.source_ids("answer", question, context=context or None)
+            if len(ids) > limit:
+                raise InputTooLong(
+                    f"question and context have {len(ids)} tokens; the limit is {limit}",
+                    field="context" if context else "question",
+                )
+            return [(ids, "")]
+        text = self._check_text("text", inp.text)
+        try:
+            ids = tok.source_ids(inp.task, text, inp.target_lang)
+            if len(ids) <= limit:
+                return [(ids, "")]
+            segments = split_document(text, lambda s: len(tok.encode(s)), limit - PREFIX_TOKENS)
+        except TokenizerError as e:
+            raise InvalidRequest(str(e), field="text") from e
+        except SegmentTooLong as e:
+            raise InputTooLong(str(e), field="text") from e
+        if len(segments) > self.config.max_segments:
+            raise InputTooLong(
+                f"text splits into {len(segments)} segments; the limit is "
+                f"{self.config.max_segments}",
+                field="text",
+            )
+        return [(tok.source_ids(inp.task, s.text, inp.target_lang), s.joiner) for s in segments]

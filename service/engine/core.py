@@ -1,0 +1,163 @@
+"""The engine-core process: one model's engine with a Python interpreter of its own.
+
+In one process the engine thread shares the GIL with the event loop that runs both
+front ends, and waits for it between its torch ops while HTTP and gRPC requests are
+parsed (measured with `benchmarks.gil_share`). Here the engine runs as in-process
+(scheduler, runner, engine thread unchanged) in a child the server spawns; its main
+thread reads the server's messages (`wire.py`) and the engine thread sends back one
+message per step with every event and stats record of that step. Requests arrive as
+token ids: validation and tokenization stay in the server process (`admission.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from service import heap
+from service.engine import wire
+from service.engine.config import EngineConfig
+from service.engine.engine import Engine
+from service.engine.errors import EngineError
+from service.engine.request import Job, Sequence, StreamDelta, TaskInput
+from service.engine.stats import RequestStats, StepStats
+
+log = logging.getLogger("service.engine.core")  # also when run as __main__
+
+
+class CoreEngine(Engine):
+    """An Engine whose jobs post their events down a pipe, batched per step."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, config: EngineConfig, conn: Connection, *,
+        name: str, version: str,
+    ) -> None:
+        super().__init__(checkpoint, config, name=name, version=version)
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._outbox: list[list[Any]] = []  # filled by the engine thread, sent per step
+        self.jobs: dict[int, Job] = {}  # server's key -> job, until the job ends
+
+    def step(self) -> None:
+        super().step()
+        self.flush()
+
+    def flush(self) -> None:
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self.send(["events", events])
+
+    def send(self, message: list[Any]) -> None:
+        with self._send_lock:
+            self._conn.send_bytes(wire.dumps(message))
+
+    def _stats(self, record: RequestStats | StepStats) -> None:
+        self._outbox.append(wire.stats_event(record))
+
+    def _post(self, key: int, job: Job, kind: str, index: int, payload: object) -> None:
+        """A job's event (engine thread, or the main thread once the engine stopped)."""
+        if kind == "delta":
+            assert isinstance(payload, StreamDelta)
+            self._outbox.append(["delta", key, index, payload.text, payload.tokens])
+        elif kind == "done":
+            seq = job.sequences[index]
+            self._outbox.append(["done", key, index, seq.status.value, seq.token_ids,
+                                 seq.logprob, seq.text])
+            if job.finished:
+                self.jobs.pop(key, None)
+        elif kind == "error":
+            assert isinstance(payload, EngineError)
+            self._outbox.append(wire.error_event(key, payload))
+            self.jobs.pop(key, None)
+
+    # -- the main thread -----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Read the server's messages until it asks for a drain or goes away."""
+        self.add_listener(self._stats)  # after warm-up: the server never sees warm-up
+        while True:
+            try:
+                message = wire.loads(self._conn.recv_bytes())
+            except (EOFError, OSError):
+                log.warning("engine %s: the server process went away; stopping", self.name)
+                asyncio.run(self.drain(0))
+                return
+            kind = message[0]
+            if kind == "submit":
+                self._submit_message(message)
+            elif kind == "cancel":
+                job = self.jobs.get(message[1])
+                if job is not None:
+                    job.cancel()
+            elif kind == "drain":
+                asyncio.run(self.drain(float(message[1])))
+                self.flush()  # what the drain failed
+                self.send(["stopped"])
+                return
+            else:
+                log.error("engine %s: unknown message %r", self.name, kind)
+
+    def _submit_message(self, message: list[Any]) -> None:
+        (_, key, task, protocol, priority, deadline, arrival, stream, params,
+         sources) = message
+        job = Job(
+            TaskInput(task, ""), model=self.name, version=self.version, protocol=protocol,
+            priority=priority, deadline=deadline, stream=stream, arrival=arrival,
+            sink=functools.partial(self._post, key),
+        )
+        decoding = wire.params_from_dict(params)
+        job.sequences = [
+            Sequence(job=job, index=i, source_ids=ids, params=decoding)
+            for i, ids in enumerate(sources)
+        ]
+        self.jobs[key] = job
+        try:
+            self.enqueue(job)
+        except EngineError as e:  # the queue filled up since the server last heard
+            self.jobs.pop(key, None)
+            self.send(["events", [wire.error_event(key, e)]])
+
+
+def run_core(conn: Connection, spec: dict[str, Any]) -> None:
+    """Load, warm up, say ready, serve until told to drain. `spec`: what `CoreClient`
+    passes on the command line (checkpoint path, name, version, config, options)."""
+    # Signals are the server's to handle: it drains, then tells this process to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from service.http.logs import configure_logging
+
+    configure_logging(spec["log_level"], spec["log_format"])
+    if spec["torch_threads"]:
+        torch.set_num_threads(spec["torch_threads"])
+    name = spec["name"]
+    try:
+        checkpoint = load_checkpoint(spec["path"])
+        engine = CoreEngine(checkpoint, EngineConfig(**spec["config"]), conn, name=name,
+                            version=spec["version"])
+        asyncio.run(engine.start())
+    except Exception as e:
+        log.exception("engine %s could not start", name)
+        conn.send_bytes(wire.dumps(["failed", f"{type(e).__name__}: {e}"]))
+        return
+    heap.freeze()
+    info = engine.info()
+    conn.send_bytes(wire.dumps(["ready", {
+        "tasks": list(info.tasks), "languages": list(info.languages), "device": info.device,
+        "dtype": info.dtype, "parameters": info.parameters,
+        "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
+    }]))
+    engine.serve()
+
+
+if __name__ == "__main__":  # python -m service.engine.core SPEC_JSON FD (CoreClient runs it)
+    run_core(Connection(int(sys.argv[2])), json.loads(sys.argv[1]))

@@ -1,0 +1,322 @@
+"""The server's side of an engine-core process (`core.py`): the same interface as an
+in-process `Engine`, so the registry, front ends and metrics do not tell them apart.
+
+`submit()` validates and tokenizes here (`admission.py`), so bad input still fails at
+once with its field; the core gets token ids. The core's per-step message is read on
+the event loop (`add_reader` on the pipe, no thread) and turned into the same Job
+events an in-process engine posts. Cancellation is forwarded; deadlines travel as
+`time.monotonic()` values, which every process of the machine shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from model.sampling import DecodingParams
+from model.tokenizer import SoraTokenizer
+from service.engine import wire
+from service.engine.admission import Admission
+from service.engine.config import EngineConfig
+from service.engine.engine import EngineState, ModelInfo
+from service.engine.errors import EngineError, ExecutionError, Overloaded, Unavailable
+from service.engine.request import Completion, Job, Status, StreamDelta, TaskInput
+from service.engine.scheduler import retry_after
+from service.engine.stats import Listener, RequestStats
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]  # where `service` imports from
+STOP_GRACE_S = 10.0  # after its drain timeout, how long the core may take to say stopped
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """How engine-core processes are started (from the server's settings)."""
+
+    torch_threads: int = 0  # 0: torch's default (one per core)
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+class CoreClient:
+    def __init__(
+        self,
+        path: Path,
+        config: EngineConfig,
+        *,
+        name: str,
+        version: str,
+        options: CoreOptions | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.name = name
+        self.version = version
+        self.options = options or CoreOptions()
+        self.state = EngineState.LOADING
+        self.max_source_tokens = 0
+        self.max_new_tokens = 0
+        self.running = 0  # rows in the core's batch, as of its last step
+        self.waiting = 0  # sequences in its queue, as of its last step
+        self._info: dict[str, Any] = {}
+        self._listeners: list[Listener] = []
+        self._jobs: dict[int, Job] = {}  # key -> job not yet ended
+        self._keys = itertools.count()
+        self._open = 0  # sequences submitted and not yet ended
+        self._avg_seq_seconds = 1.0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._admission: Admission | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
+
+    async def start(self) -> None:
+        """Spawn the core, wait until it has loaded and warmed up the model. Raises
+        ExecutionError with the core's reason when it cannot start."""
+        # A fresh interpreter (not fork: this process has threads; not multiprocessing's
+        # spawn: it re-imports the caller's __main__), talking over a socket pair.
+        ours, theirs = socket.socketpair()
+        opts = self.options
+        spec = {
+            "path": str(self.path.resolve()), "name": self.name, "version": self.version,
+            "config": dataclasses.asdict(self.config), "torch_threads": opts.torch_threads,
+            "log_level": opts.log_level, "log_format": opts.log_format,
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "service.engine.core", json.dumps(spec),
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env(),
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self.state = EngineState.WARMING
+        try:
+            message = await asyncio.to_thread(self._conn.recv_bytes)
+            reply = wire.loads(message)
+        except (EOFError, OSError):
+            code = await asyncio.to_thread(self._process.wait)
+            reply = ["failed", f"the engine process exited with code {code}"]
+        if reply[0] != "ready":
+            self._close()
+            self.state = EngineState.STOPPED
+            raise ExecutionError(f"model {self.name} could not start: {reply[1]}")
+        self._info = reply[1]
+        self.max_source_tokens = self._info["max_source_tokens"]
+        self.max_new_tokens = self._info["max_new_tokens"]
+        # The core has verified the checkpoint's hashes, tokenizer.json included.
+        tokenizer = SoraTokenizer.from_file(self.path / "tokenizer.json")
+        self._admission = Admission(tokenizer, self.config,
+                                    max_source_tokens=self.max_source_tokens,
+                                    max_new_tokens=self.max_new_tokens)
+        asyncio.get_running_loop().add_reader(self._conn.fileno(), self._on_readable)
+        self.state = EngineState.READY
+        log.info("engine %s:%s ready in process %d on %s (%s)", self.name, self.version,
+                 self._process.pid, self._info["device"], self._info["dtype"])
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Stop admitting; the core lets accepted work finish (up to `timeout`), fails
+        what is left, and exits."""
+        if self.state is EngineState.STOPPED:
+            return
+        self.state = EngineState.DRAINING
+        if self._stopped is None and self._conn is not None:
+            self._stopped = asyncio.get_running_loop().create_future()
+            self._send(["drain", timeout])
+        if self._stopped is not None and not self._stopped.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._stopped), timeout + STOP_GRACE_S)
+            except TimeoutError:
+                log.error("engine %s did not stop in time; terminating it", self.name)
+        self._close()
+        self._fail_all(Unavailable("server shut down before completion"))
+        if self._process is not None:
+            try:
+                await asyncio.to_thread(self._process.wait, STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self.state = EngineState.STOPPED
+
+    def info(self) -> ModelInfo:
+        i = self._info
+        return ModelInfo(
+            name=self.name, version=self.version, tasks=tuple(i.get("tasks", ())),
+            languages=tuple(i.get("languages", ())), device=i.get("device", "?"),
+            dtype=i.get("dtype", "?"), parameters=i.get("parameters", 0),
+            max_source_tokens=self.max_source_tokens, max_new_tokens=self.max_new_tokens,
+            state=self.state.value,
+        )
+
+    # -- submission (event loop) -------------------------------------------------------
+
+    def submit(
+        self,
+        task_input: TaskInput,
+        params: DecodingParams | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        protocol: str = "python",
+        stream: bool = False,
+        request_id: str | None = None,
+    ) -> Job:
+        """As Engine.submit: raises EngineError subclasses at once for bad input, a full
+        queue or an engine that is not accepting work."""
+        if self.state is not EngineState.READY or self._admission is None:
+            raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
+        params = self._admission.params(params, timeout)
+        job = Job(
+            task_input, model=self.name, version=self.version, protocol=protocol,
+            priority=priority, deadline=None if timeout is None else time.monotonic() + timeout,
+            stream=stream, request_id=request_id,
+        )
+        self._admission.fill(job, params)
+        n = len(job.sequences)
+        queued = max(0, self._open - self.running)  # sent and not (yet) in the batch
+        if queued + n > self.config.max_waiting:
+            raise Overloaded(
+                f"server overloaded: {queued} sequences waiting (limit {self.config.max_waiting})",
+                retry_after=retry_after(queued, self._avg_seq_seconds, self.config),
+            )
+        key = next(self._keys)
+        self._send([
+            "submit", key, task_input.task, protocol, priority, job.deadline, job.arrival,
+            stream, wire.params_to_dict(params), [s.source_ids for s in job.sequences],
+        ])
+        job.on_cancel = functools.partial(self._cancel, key)
+        self._jobs[key] = job
+        self._open += n
+        return job
+
+    async def generate(
+        self, task_input: TaskInput, params: DecodingParams | None = None, **kwargs: object
+    ) -> Completion:
+        """submit() and wait; cancelling the awaiting task cancels the request."""
+        job = self.submit(task_input, params, **kwargs)  # type: ignore[arg-type]
+        return await job.result()
+
+    def _cancel(self, key: int) -> None:
+        if key in self._jobs and self._conn is not None:
+            self._send(["cancel", key])
+
+    def _send(self, message: list[Any]) -> None:
+        try:
+            assert self._conn is not None, "no engine process"
+            self._conn.send_bytes(wire.dumps(message))
+        except (OSError, ValueError, AssertionError) as e:  # the core is gone (or the pipe closed)
+            raise Unavailable(f"model {self.name} is not running") from e
+
+    # -- the core's messages (event loop) ----------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn is not None and self._conn.poll():
+                self._handle(wire.loads(self._conn.recv_bytes()))
+        except (EOFError, OSError):
+            self._core_gone()
+
+    def _handle(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "events":
+            for event in message[1]:
+                self._event(event)
+        elif kind == "stopped":
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
+        else:
+            log.error("engine %s: unexpected message %r", self.name, kind)
+
+    def _event(self, event: list[Any]) -> None:
+        kind = event[0]
+        if kind == "delta":
+            job = self._jobs.get(event[1])
+            if job is not None:
+                job.deliver("delta", event[2], StreamDelta(event[3], event[4]))
+        elif kind == "done":
+            key, index = event[1], event[2]
+            job = self._jobs.get(key)
+            if job is None:  # failed already; the core finished a sibling in that step
+                return
+            seq = job.sequences[index]
+            seq.status, seq.token_ids, seq.logprob, seq.text = (
+                Status(event[3]), event[4], event[5], event[6])
+            self._open -= 1
+            if job.finished:
+                del self._jobs[key]
+            job.deliver("done", index, None)
+        elif kind == "error":
+            job = self._jobs.pop(event[1], None)
+            if job is not None:
+                self._fail(job, wire.error_from_event(*event[2:]))
+        else:
+            record = wire.stats_from_event(kind, event[1])
+            if isinstance(record, RequestStats):
+                self._avg_seq_seconds = 0.9 * self._avg_seq_seconds + 0.1 * record.e2e_s
+            else:
+                self.running, self.waiting = record.running, record.waiting
+            for listener in self._listeners:
+                try:
+                    listener(record)
+                except Exception:
+                    log.exception("stats listener failed")
+
+    def _fail(self, job: Job, error: EngineError) -> None:
+        for seq in job.sequences:
+            if not seq.status.finished:
+                seq.status = Status.ERROR
+                self._open -= 1
+        job.error = error
+        job.deliver("error", -1, error)
+
+    def _fail_all(self, error: EngineError) -> None:
+        jobs, self._jobs = self._jobs, {}
+        for job in jobs.values():
+            self._fail(job, error)
+
+    def _core_gone(self) -> None:
+        stopping = self._stopped is not None
+        self._close()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        if not stopping:
+            log.error("engine process of %s exited unexpectedly (code %s)", self.name,
+                      self._process.poll() if self._process else None)
+            self.state = EngineState.STOPPED
+            self._fail_all(ExecutionError("the engine process exited"))
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        conn.close()
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the directory `service` was imported from first on the
+    path: the core runs the same code as the server, wherever it was started."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env

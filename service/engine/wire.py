@@ -1,0 +1,83 @@
+"""Messages between the server process and an engine-core process, as JSON.
+
+One pipe each way carries JSON arrays: `[kind, ...]`. JSON, not pickle: nothing that
+arrives can run code, and json is implemented in C, so a step's events cost one
+`dumps` on the core side and one `loads` on the server side.
+
+server -> core: ["submit", key, task, protocol, priority, deadline, arrival, stream,
+                 params, sources] | ["cancel", key] | ["drain", timeout_s]
+core -> server: ["ready", info] | ["failed", message] | ["stopped"] | ["events", [...]]
+  an event:     ["delta", key, index, text, tokens] | ["done", key, index, status,
+                 token_ids, logprob, text] | ["error", key, code, message, field,
+                 retry_after] | ["request", {RequestStats}] | ["step", {StepStats}]
+
+Deadlines and arrival times are `time.monotonic()` values: on Linux and macOS that
+clock is shared by every process of the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from model.sampling import DecodingParams
+from service.engine.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    EngineError,
+    ExecutionError,
+    InputTooLong,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
+from service.engine.stats import RequestStats, StepStats
+
+_ERRORS: dict[str, type[EngineError]] = {
+    cls.code: cls
+    for cls in (EngineError, InvalidRequest, InputTooLong, Overloaded, Unavailable,
+                ModelNotFound, DeadlineExceeded, Cancelled, ExecutionError)
+}
+
+
+def dumps(message: list[Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def loads(data: bytes) -> list[Any]:
+    message = json.loads(data)
+    if not isinstance(message, list) or not message:
+        raise ValueError("engine-core message is not a JSON array")
+    return message
+
+
+def params_to_dict(params: DecodingParams) -> dict[str, Any]:
+    return dataclasses.asdict(params)
+
+
+def params_from_dict(data: dict[str, Any]) -> DecodingParams:
+    return DecodingParams(**data)
+
+
+def error_event(key: int, error: EngineError) -> list[Any]:
+    return ["error", key, error.code, error.message, error.field,
+            getattr(error, "retry_after", None)]
+
+
+def error_from_event(code: str, message: str, field: str | None,
+                     retry_after: float | None) -> EngineError:
+    cls = _ERRORS.get(code, EngineError)
+    if cls is Overloaded:
+        return Overloaded(message, retry_after=retry_after or 1.0)
+    return cls(message, field=field)
+
+
+def stats_event(record: RequestStats | StepStats) -> list[Any]:
+    kind = "request" if isinstance(record, RequestStats) else "step"
+    return [kind, dataclasses.asdict(record)]
+
+
+def stats_from_event(kind: str, data: dict[str, Any]) -> RequestStats | StepStats:
+    return RequestStats(**data) if kind == "request" else StepStats(**data)
