@@ -16,9 +16,9 @@ import functools
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
-from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ class CoreEngine(Engine):
     """An Engine whose jobs post their events down a pipe, batched per step."""
 
     def __init__(
-        self, checkpoint: Checkpoint, config: EngineConfig, conn: Connection, *,
+        self, checkpoint: Checkpoint, config: EngineConfig, conn: socket.socket, *,
         name: str, version: str,
     ) -> None:
         super().__init__(checkpoint, config, name=name, version=version)
@@ -58,8 +58,11 @@ class CoreEngine(Engine):
             self.send(["events", events])
 
     def send(self, message: list[Any]) -> None:
-        with self._send_lock:
-            self._conn.send_bytes(wire.dumps(message))
+        try:
+            with self._send_lock:
+                self._conn.sendall(wire.frame(message))
+        except OSError:  # the server has gone: the main thread sees EOF and stops
+            pass
 
     def _stats(self, record: RequestStats | StepStats) -> None:
         self._outbox.append(wire.stats_event(record))
@@ -87,7 +90,7 @@ class CoreEngine(Engine):
         self.add_listener(self._stats)  # after warm-up: the server never sees warm-up
         while True:
             try:
-                message = wire.loads(self._conn.recv_bytes())
+                message = wire.read_frame(self._conn)
             except (EOFError, OSError):
                 log.warning("engine %s: the server process went away; stopping", self.name)
                 asyncio.run(self.drain(0))
@@ -128,7 +131,7 @@ class CoreEngine(Engine):
             self.send(["events", [wire.error_event(key, e)]])
 
 
-def run_core(conn: Connection, spec: dict[str, Any]) -> None:
+def run_core(conn: socket.socket, spec: dict[str, Any]) -> None:
     """Load, warm up, say ready, serve until told to drain. `spec`: what `CoreClient`
     passes on the command line (checkpoint path, name, version, config, options)."""
     # Signals are the server's to handle: it drains, then tells this process to stop.
@@ -147,11 +150,11 @@ def run_core(conn: Connection, spec: dict[str, Any]) -> None:
         asyncio.run(engine.start())
     except Exception as e:
         log.exception("engine %s could not start", name)
-        conn.send_bytes(wire.dumps(["failed", f"{type(e).__name__}: {e}"]))
+        conn.sendall(wire.frame(["failed", f"{type(e).__name__}: {e}"]))
         return
     heap.freeze()
     info = engine.info()
-    conn.send_bytes(wire.dumps(["ready", {
+    conn.sendall(wire.frame(["ready", {
         "tasks": list(info.tasks), "languages": list(info.languages), "device": info.device,
         "dtype": info.dtype, "parameters": info.parameters,
         "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
@@ -160,4 +163,4 @@ def run_core(conn: Connection, spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":  # python -m service.engine.core SPEC_JSON FD (CoreClient runs it)
-    run_core(Connection(int(sys.argv[2])), json.loads(sys.argv[1]))
+    run_core(socket.socket(fileno=int(sys.argv[2])), json.loads(sys.argv[1]))

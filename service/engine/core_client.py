@@ -11,7 +11,6 @@ events an in-process engine posts. Cancellation is forwarded; deadlines travel a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -22,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,8 @@ class CoreClient:
         self._open = 0  # sequences submitted and not yet ended
         self._avg_seq_seconds = 1.0
         self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._started: asyncio.Future[list[Any]] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._admission: Admission | None = None
 
@@ -110,18 +110,18 @@ class CoreClient:
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env(),
         )
         theirs.close()
-        self._conn = Connection(ours.detach())
         self.state = EngineState.WARMING
-        try:
-            message = await asyncio.to_thread(self._conn.recv_bytes)
-            reply = wire.loads(message)
-        except (EOFError, OSError):
-            code = await asyncio.to_thread(self._process.wait)
-            reply = ["failed", f"the engine process exited with code {code}"]
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._transport, _ = await loop.create_unix_connection(
+            lambda: _CoreProtocol(self._handle, self._core_gone), sock=ours)
+        reply = await self._started
         if reply[0] != "ready":
+            code = await asyncio.to_thread(self._process.wait)
             self._close()
             self.state = EngineState.STOPPED
-            raise ExecutionError(f"model {self.name} could not start: {reply[1]}")
+            why = reply[1] if len(reply) > 1 else f"the engine process exited with code {code}"
+            raise ExecutionError(f"model {self.name} could not start: {why}")
         self._info = reply[1]
         self.max_source_tokens = self._info["max_source_tokens"]
         self.max_new_tokens = self._info["max_new_tokens"]
@@ -130,7 +130,6 @@ class CoreClient:
         self._admission = Admission(tokenizer, self.config,
                                     max_source_tokens=self.max_source_tokens,
                                     max_new_tokens=self.max_new_tokens)
-        asyncio.get_running_loop().add_reader(self._conn.fileno(), self._on_readable)
         self.state = EngineState.READY
         log.info("engine %s:%s ready in process %d on %s (%s)", self.name, self.version,
                  self._process.pid, self._info["device"], self._info["dtype"])
@@ -141,7 +140,7 @@ class CoreClient:
         if self.state is EngineState.STOPPED:
             return
         self.state = EngineState.DRAINING
-        if self._stopped is None and self._conn is not None:
+        if self._stopped is None and self._transport is not None:
             self._stopped = asyncio.get_running_loop().create_future()
             self._send(["drain", timeout])
         if self._stopped is not None and not self._stopped.done():
@@ -217,28 +216,22 @@ class CoreClient:
         return await job.result()
 
     def _cancel(self, key: int) -> None:
-        if key in self._jobs and self._conn is not None:
+        if key in self._jobs and self._transport is not None:
             self._send(["cancel", key])
 
     def _send(self, message: list[Any]) -> None:
-        try:
-            assert self._conn is not None, "no engine process"
-            self._conn.send_bytes(wire.dumps(message))
-        except (OSError, ValueError, AssertionError) as e:  # the core is gone (or the pipe closed)
-            raise Unavailable(f"model {self.name} is not running") from e
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise Unavailable(f"model {self.name} is not running")
+        transport.write(wire.frame(message))
 
     # -- the core's messages (event loop) ----------------------------------------------
 
-    def _on_readable(self) -> None:
-        try:
-            while self._conn is not None and self._conn.poll():
-                self._handle(wire.loads(self._conn.recv_bytes()))
-        except (EOFError, OSError):
-            self._core_gone()
-
     def _handle(self, message: list[Any]) -> None:
         kind = message[0]
-        if kind == "events":
+        if self._started is not None and not self._started.done():
+            self._started.set_result(message)  # "ready" or "failed"
+        elif kind == "events":
             for event in message[1]:
                 self._event(event)
         elif kind == "stopped":
@@ -295,23 +288,43 @@ class CoreClient:
             self._fail(job, error)
 
     def _core_gone(self) -> None:
-        stopping = self._stopped is not None
-        self._close()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
-        if not stopping:
-            log.error("engine process of %s exited unexpectedly (code %s)", self.name,
-                      self._process.poll() if self._process else None)
-            self.state = EngineState.STOPPED
-            self._fail_all(ExecutionError("the engine process exited"))
+        """The connection closed: expected once we closed it or asked for a drain."""
+        if self._started is not None and not self._started.done():
+            self._started.set_result(["failed"])
+            return
+        if self._transport is None:  # closed by us
+            return
+        self._transport = None
+        if self._stopped is not None:
+            if not self._stopped.done():
+                self._stopped.set_result(None)
+            return
+        log.error("engine process of %s exited unexpectedly (code %s)", self.name,
+                  self._process.poll() if self._process else None)
+        self.state = EngineState.STOPPED
+        self._fail_all(ExecutionError("the engine process exited"))
 
     def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(RuntimeError, ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-        conn.close()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+class _CoreProtocol(asyncio.Protocol):
+    """The core's byte stream, on the event loop: split into messages as it arrives."""
+
+    def __init__(self, on_message: Callable[[list[Any]], None],
+                 on_lost: Callable[[], None]) -> None:
+        self._frames = wire.FrameReader()
+        self._on_message = on_message
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
 
 
 def _child_env() -> dict[str, str]:

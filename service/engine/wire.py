@@ -1,6 +1,7 @@
 """Messages between the server process and an engine-core process, as JSON.
 
-One pipe each way carries JSON arrays: `[kind, ...]`. JSON, not pickle: nothing that
+A socket pair carries frames (a 4-byte big-endian length, then that many bytes), each
+one JSON array: `[kind, ...]`. JSON, not pickle: nothing that
 arrives can run code, and json is implemented in C, so a step's events cost one
 `dumps` on the core side and one `loads` on the server side.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from typing import Any
 
 from model.sampling import DecodingParams
@@ -42,15 +44,60 @@ _ERRORS: dict[str, type[EngineError]] = {
 }
 
 
-def dumps(message: list[Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
+HEADER = 4
 
 
-def loads(data: bytes) -> list[Any]:
+def frame(message: list[Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    return len(data).to_bytes(HEADER, "big") + data
+
+
+def loads(data: bytes | bytearray) -> list[Any]:
     message = json.loads(data)
     if not isinstance(message, list) or not message:
         raise ValueError("engine-core message is not a JSON array")
     return message
+
+
+def read_frame(sock: socket.socket) -> list[Any]:
+    """The next message from a blocking socket; EOFError once the peer has gone."""
+    size = int.from_bytes(_read_exactly(sock, HEADER), "big")
+    return loads(_read_exactly(sock, size))
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise EOFError("engine-core peer closed the connection")
+        got += k
+    return buf
+
+
+class FrameReader:
+    """Splits a byte stream (asyncio `data_received` chunks) into messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        buf = self._buf
+        buf += data
+        messages = []
+        start = 0
+        while len(buf) - start >= HEADER:
+            size = int.from_bytes(buf[start : start + HEADER], "big")
+            end = start + HEADER + size
+            if len(buf) < end:
+                break
+            messages.append(loads(buf[start + HEADER : end]))
+            start = end
+        if start:
+            del buf[:start]
+        return messages
 
 
 def params_to_dict(params: DecodingParams) -> dict[str, Any]:
