@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, kind in (
         ("max-batch-sequences", int), ("max-batch-tokens", int), ("max-source-tokens", int),
         ("max-new-tokens", int), ("default-max-new-tokens", int), ("max-waiting", int),
-        ("max-input-chars", int), ("max-segments", int), ("max-body-bytes", int),
+        ("max-input-chars", int), ("max-segments", int), ("waiting-served-ratio", float),
+        ("max-waiting-steps", int), ("max-body-bytes", int),
         ("max-batch-texts", int), ("request-timeout-s", float), ("drain-timeout-s", float),
         ("grpc-max-message-bytes", int),
     ):

@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     max_waiting: int = Field(default=1024, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
     max_segments: int = Field(default=256, ge=1)
+    waiting_served_ratio: float = Field(default=0.3, ge=0)
+    max_waiting_steps: int = Field(default=20, ge=0)
     warmup: bool = True
 
     # -- requests ------------------------------------------------------------------------
@@ -258,6 +260,8 @@ class Settings(BaseSettings):
             max_waiting=self.max_waiting,
             max_input_chars=self.max_input_chars,
             max_segments=self.max_segments,
+            waiting_served_ratio=self.waiting_served_ratio,
+            max_waiting_steps=self.max_waiting_steps,
             warmup=self.warmup,
             device=self.device,
             dtype=self.dtype,

@@ -15,6 +15,10 @@ class EngineConfig:
     max_waiting: int = 1024  # queued sequences before new requests are rejected
     max_input_chars: int = 100_000  # per text field, checked before tokenizing
     max_segments: int = 256  # sequences one long document may be split into
+    # While a batch runs, waiting sequences join it once they number this share of its
+    # rows (or can fill it), or after max_waiting_steps steps; 0 steps: join at once.
+    waiting_served_ratio: float = 0.3
+    max_waiting_steps: int = 20
     warmup: bool = True
     device: str = "auto"
     dtype: str = "auto"
@@ -27,5 +31,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_source_tokens < 0:
             raise ValueError("max_source_tokens must be >= 0")
+        if self.max_waiting_steps < 0:
+            raise ValueError("max_waiting_steps must be >= 0")
+        if self.waiting_served_ratio < 0:
+            raise ValueError("waiting_served_ratio must be >= 0")
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens")

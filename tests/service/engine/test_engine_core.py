@@ -150,7 +150,7 @@ async def test_a_corrupted_checkpoint_fails_start_with_the_file_named(
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ExecutionError, match="model.safetensors.*sha256 mismatch"):
+    with pytest.raises(ExecutionError, match=r"model\.safetensors.*sha256 mismatch"):
         await make_core(bad)
 
 
