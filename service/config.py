@@ -139,8 +139,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)
     # Run each model's engine in a process of its own; this process keeps HTTP, gRPC and
     # tokenization. In one process the engine thread waits for the GIL whenever the
-    # front ends run Python (README: "Serving throughput").
-    engine_process: bool = False
+    # front ends run Python (README: serving figures). False: an engine thread here.
+    engine_process: bool = True
 
     # -- batching limits (EngineConfig) --------------------------------------------------
     max_batch_sequences: int = Field(default=64, ge=1)

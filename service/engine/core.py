@@ -47,9 +47,15 @@ class CoreEngine(Engine):
         self._send_lock = threading.Lock()
         self._outbox: list[list[Any]] = []  # filled by the engine thread, sent per step
         self.jobs: dict[int, Job] = {}  # server's key -> job, until the job ends
+        self._load = (0, 0)  # (running rows, waiting sequences) last sent
+        self._serving = False  # warm-up done, "ready" sent: the server reads events now
 
     def step(self) -> None:
         super().step()
+        load = (self.running, self.waiting)
+        if self._serving and load != self._load:  # the server's gauges and queue limit
+            self._load = load
+            self._outbox.append(["load", *load])
         self.flush()
 
     def flush(self) -> None:
@@ -88,6 +94,7 @@ class CoreEngine(Engine):
     def serve(self) -> None:
         """Read the server's messages until it asks for a drain or goes away."""
         self.add_listener(self._stats)  # after warm-up: the server never sees warm-up
+        self._serving = True
         while True:
             try:
                 message = wire.read_frame(self._conn)

@@ -262,12 +262,12 @@ class CoreClient:
             job = self._jobs.pop(event[1], None)
             if job is not None:
                 self._fail(job, wire.error_from_event(*event[2:]))
+        elif kind == "load":
+            self.running, self.waiting = event[1], event[2]
         else:
             record = wire.stats_from_event(kind, event[1])
             if isinstance(record, RequestStats):
                 self._avg_seq_seconds = 0.9 * self._avg_seq_seconds + 0.1 * record.e2e_s
-            else:
-                self.running, self.waiting = record.running, record.waiting
             for listener in self._listeners:
                 try:
                     listener(record)

@@ -159,6 +159,9 @@ def launch(checkpoint: Path, wait_ready: bool = True, registry: Any = None,
         "model_repository": checkpoint, "host": "127.0.0.1", "http_port": 0,
         "grpc_port": 0, "grpc_enabled": grpc_available(), "drain_timeout_s": 30.0,
         "log_level": "INFO",
+        # In-process engines, so paused() can hold their steps; the engine-core process
+        # has tests of its own (tests/service/test_engine_process.py).
+        "engine_process": False,
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,13 +49,29 @@ def wait_for(cond: Any, what: str, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
 
 
-def test_sigterm_drains_in_flight_requests(service_checkpoint: Path, tmp_path: Path) -> None:
+def core_processes(repository: Path) -> list[int]:
+    """PIDs of engine-core processes serving from `repository`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"service.engine.core" in cmd and str(repository).encode() in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("mode", ["--engine-process", "--no-engine-process"])
+def test_sigterm_drains_in_flight_requests(
+    service_checkpoint: Path, tmp_path: Path, mode: str
+) -> None:
     http, grpc = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
          "--http-port", str(http), "--grpc-port", str(grpc),
-         "--model-repository", str(service_checkpoint), "--max-new-tokens", "500"],
+         "--model-repository", str(service_checkpoint), "--max-new-tokens", "500", mode],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "SORA_LOG_LEVEL": "INFO"},
     )
@@ -62,6 +79,7 @@ def test_sigterm_drains_in_flight_requests(service_checkpoint: Path, tmp_path: P
     results: list[httpx.Response] = []
     try:
         wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
+        assert len(core_processes(service_checkpoint)) == (mode == "--engine-process")
 
         def call(task: str, body: dict[str, Any]) -> None:
             results.append(httpx.post(f"{base}/v1/{task}", json=body, timeout=LIMIT_S))
@@ -97,14 +115,13 @@ def test_sigterm_drains_in_flight_requests(service_checkpoint: Path, tmp_path: P
             assert all(x["usage"]["completion_tokens"] == 500 for x in r.json()["results"])
     assert "shutting down" in output and "Traceback" not in output
     assert "event loop: uvloop.Loop" in output  # the default where uvloop is installed
+    assert core_processes(service_checkpoint) == []  # the core drained and exited too
 
 
 def test_serve_without_arguments_uses_the_shipped_checkpoint(tmp_path: Path) -> None:
     from cli.common import DEFAULT_CHECKPOINT
 
     if not DEFAULT_CHECKPOINT.exists():
-        import pytest
-
         pytest.skip(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is not built yet")
     http, grpc = free_port(), free_port()
     env = {**os.environ, "SORA_HTTP_PORT": str(http), "SORA_GRPC_PORT": str(grpc)}
