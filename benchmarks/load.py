@@ -20,6 +20,8 @@ measures what the front ends cost: `engine` sends the same requests to the bare 
 (built from the same settings, in a process of its own, while the server idles), and the
 rounds alternate engine, gRPC and HTTP so that drift in machine speed hits all three
 alike; the summary gives each protocol's median share of the engine-level throughput.
+`core` does the same through an engine-core process (the server's default), without
+HTTP or gRPC: what the process boundary costs on its own.
 """
 
 from __future__ import annotations
@@ -169,18 +171,19 @@ def grpc_caller(
 
 
 async def engine_caller(
-    max_new_tokens: int,
+    max_new_tokens: int, core: bool = False,
 ) -> tuple[Callable[[], Awaitable[Sample]], Callable[[], Awaitable[None]]]:
     """The same Translate request sent straight to the engine a server would build from
     this process's SORA_* settings, with no front end in the way: the ceiling the HTTP and
-    gRPC figures are measured against."""
+    gRPC figures are measured against. core=True: to an engine-core process instead (what
+    the pipe costs, without HTTP or gRPC)."""
     from model.sampling import DecodingParams
     from service import heap
     from service.config import Settings
     from service.engine import TaskInput
     from service.http.app import new_registry
 
-    settings = Settings.load(engine_process=False)  # the bare engine, even behind a core
+    settings = Settings.load(engine_process=core)
     if settings.torch_threads:
         import torch
 
@@ -203,6 +206,9 @@ async def engine_caller(
     return call, close
 
 
+ENGINE_LEVELS = ("engine", "core")  # runs without a front end, in a process of their own
+
+
 # -- one level -----------------------------------------------------------------------------
 
 
@@ -214,8 +220,8 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
     samples: list[Sample] = []
     call: Callable[[], Awaitable[Sample]]
     close: Callable[[], Awaitable[None]]
-    if protocol == "engine":
-        call, close = await engine_caller(max_new_tokens)
+    if protocol in ENGINE_LEVELS:
+        call, close = await engine_caller(max_new_tokens, core=protocol == "core")
     elif protocol == "grpc":
         if grpc_target is None:
             raise SystemExit("gRPC target unknown: pass --grpc-target")
@@ -250,23 +256,23 @@ async def run_level(name: str, http_url: str | None, grpc_target: str | None, pr
 
 
 def run_engine_level(name: str, concurrency: int, requests: int, duration_s: float,
-                     max_new_tokens: int) -> Level:
-    """run_level() for the bare engine, on the event loop a server with this process's
-    SORA_* settings would run."""
+                     max_new_tokens: int, protocol: str = "engine") -> Level:
+    """run_level() for the bare engine (or engine core), on the event loop a server with
+    this process's SORA_* settings would run."""
     from service.config import Settings
 
     with asyncio.Runner(loop_factory=Settings.load().loop_factory()) as runner:
-        return runner.run(run_level(name, None, None, "engine", concurrency, requests,
+        return runner.run(run_level(name, None, None, protocol, concurrency, requests,
                                     duration_s, max_new_tokens))
 
 
-def engine_level(repository: Path, concurrency: int, args: argparse.Namespace
-                 ) -> dict[str, Any]:
+def engine_level(repository: Path, concurrency: int, args: argparse.Namespace,
+                 protocol: str = "engine") -> dict[str, Any]:
     """One engine-level run in a fresh process configured like the servers (so neither
     shares an interpreter with the other); the load generator only reads its result."""
     env = server_env(dict(os.environ), model_repository=repository,
                      torch_threads=args.server_threads)
-    cmd = [sys.executable, "-m", "benchmarks.load", "--engine-level", "--concurrency",
+    cmd = [sys.executable, "-m", "benchmarks.load", "--engine-level", protocol, "--concurrency",
            str(concurrency), "--requests", str(args.requests), "--duration",
            str(args.duration), "--max-new-tokens", str(args.max_new_tokens)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -350,8 +356,9 @@ async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Names
     for name, http_url, grpc_target in targets:
         for protocol in protocols:
             for concurrency in args.concurrency:
-                if protocol == "engine":
-                    rows.append(engine_level(args.model_repository, concurrency, args))
+                if protocol in ENGINE_LEVELS:
+                    rows.append(engine_level(args.model_repository, concurrency, args,
+                                             protocol))
                 else:
                     level = await run_level(name, http_url, grpc_target, protocol,
                                             concurrency, args.requests, args.duration,
@@ -390,9 +397,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true",
                    help="also start a one-request-at-a-time server (max_batch_sequences=1)")
     p.add_argument("--protocol", type=lambda s: s.split(","), default=["http"],
-                   help="comma-separated http, grpc, engine (default http); engine runs "
-                        "the same requests on the bare engine in its own process "
-                        "(needs --model-repository)")
+                   help="comma-separated http, grpc, engine, core (default http); engine "
+                        "runs the same requests on the bare engine in its own process, core "
+                        "on an engine-core process from one (both need --model-repository)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the protocols in turn this many times and print medians "
                         "(and, with engine, each protocol's median share of it)")
@@ -406,10 +413,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print rows as JSON lines too")
     p.add_argument("--server-threads", type=int, default=None,
                    help="torch threads of the servers this command starts (default: theirs)")
-    p.add_argument("--engine-level", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine-level", choices=ENGINE_LEVELS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if "engine" in args.protocol and not args.model_repository:
-        p.error("--protocol engine needs --model-repository")
+    if set(ENGINE_LEVELS) & set(args.protocol) and not args.model_repository:
+        p.error("--protocol engine/core needs --model-repository")
     return args
 
 
@@ -417,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.engine_level:  # the child process of engine_level()
         level = run_engine_level("batched", args.concurrency[0], args.requests,
-                                 args.duration, args.max_new_tokens)
+                                 args.duration, args.max_new_tokens, args.engine_level)
         print(json.dumps(level.row()))
         return 0
     rows: list[dict[str, Any]] = []
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += asyncio.run(bench([("batched", http_url, grpc_target)], args,
                                           args.protocol))
         if args.compare:
-            protocols = [p for p in args.protocol if p != "engine"]
+            protocols = [p for p in args.protocol if p not in ENGINE_LEVELS]
             with local_server(args.model_repository, max_batch_sequences=1,
                               torch_threads=threads) as (http_url, grpc_target):
                 rows += asyncio.run(bench([("serial", http_url, grpc_target)], args,

@@ -35,15 +35,15 @@ def test_over_rounds_takes_medians_and_the_share_of_each_rounds_engine() -> None
     assert "median % of engine" not in over_rounds(rows[1::2], 3)[0]
 
 
-def test_engine_grpc_and_http_rounds_on_a_real_server(
+def test_engine_core_grpc_and_http_rounds_on_a_real_server(
     tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["--model-repository", str(tiny_checkpoint), "--protocol", "engine,grpc,http",
+    code = main(["--model-repository", str(tiny_checkpoint), "--protocol", "engine,core,grpc,http",
                  "--concurrency", "2", "--requests", "4", "--max-new-tokens", "3",
                  "--rounds", "2", "--server-threads", "1", "--json"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{")]
-    assert [r["proto"] for r in rows] == ["engine", "grpc", "http"] * 2
+    assert [r["proto"] for r in rows] == ["engine", "core", "grpc", "http"] * 2
     assert all(r["requests"] == 4 and r["errors"] == 0 for r in rows)
     assert all(r["tok/s"] > 0 for r in rows)

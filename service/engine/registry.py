@@ -19,7 +19,7 @@ from model.checkpoint import MANIFEST, load_checkpoint
 from service import heap
 from service.engine.config import EngineConfig
 from service.engine.core_client import CoreClient, CoreOptions
-from service.engine.engine import Engine, ModelInfo
+from service.engine.engine import Engine, EngineState, ModelInfo
 from service.engine.errors import ModelNotFound
 from service.engine.protocol import EngineClient
 from service.engine.stats import Listener
@@ -130,6 +130,11 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         return bool(self._engines) and all(e.ready for e in self._engines.values())
+
+    def stopped(self) -> builtins.list[str]:
+        """Models whose engine stopped while still being served: outside a shutdown,
+        an engine-core process that died (the server cannot serve them any more)."""
+        return [n for n, e in self._engines.items() if e.state is EngineState.STOPPED]
 
     async def reload(
         self, name: str, path: Path | None = None, version: str | None = None

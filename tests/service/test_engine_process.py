@@ -5,6 +5,8 @@ stream, report metrics and errors, and a cancelled client frees the core's rows.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,19 @@ def test_a_client_disconnect_cancels_the_request_in_the_core(
     wait_for(lambda: any(dict(k)["reason"] == "cancelled" for k in
                          samples(core_server, "sora_request_failures_total")),
              "the cancellation to be counted")
+
+
+def test_a_dead_core_fails_liveness_and_readiness(service_checkpoint: Path) -> None:
+    srv = launch(service_checkpoint, engine_process=True, grpc_enabled=False)
+    try:
+        engine = srv.registry.engines()[0]
+        assert httpx.get(srv.http_url + "/health/live").status_code == 200
+        os.kill(engine._process.pid, signal.SIGKILL)
+        wait_for(lambda: httpx.get(srv.http_url + "/health/live").status_code == 503,
+                 "liveness to fail")
+        ready = httpx.get(srv.http_url + "/health/ready")
+        assert ready.status_code == 503 and "tiny" in ready.json()["error"]["message"]
+        r = httpx.post(srv.http_url + "/v1/translate", json={"text": "Hi", "target_lang": "de"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    finally:
+        srv.stop()

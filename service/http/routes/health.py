@@ -1,6 +1,7 @@
 """Kubernetes-style probes, open without an API key.
 
-/health/live: the process answers (200 while serving, loading and draining).
+/health/live: the process answers (200 while serving, loading and draining), and 503
+once a model's engine-core process has died, so the orchestrator restarts the server.
 /health/ready: 200 only when every model is warm and the server is not draining;
 otherwise 503 with Retry-After, so a load balancer stops sending traffic at once.
 """
@@ -17,15 +18,23 @@ from service.http.schemas import ErrorResponse, Health
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=Health)
-async def live() -> Health:
-    return Health(status="alive")
+@router.get("/live", response_model=Health, responses={503: {"model": ErrorResponse}})
+async def live(request: Request) -> JSONResponse | Health:
+    dead = [] if get_server_state(request).draining else get_registry(request).stopped()
+    if not dead:
+        return Health(status="alive")
+    return JSONResponse(
+        error_body("unavailable", f"the engine of {', '.join(dead)} has stopped"),
+        status_code=503,
+    )
 
 
 @router.get("/ready", response_model=Health, responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> JSONResponse | Health:
     if get_server_state(request).draining:
         reason = "server is shutting down"
+    elif get_registry(request).stopped():
+        reason = f"the engine of {', '.join(get_registry(request).stopped())} has stopped"
     elif not get_registry(request).ready:
         reason = "models are loading or warming up"
     else:
