@@ -103,12 +103,16 @@ class CoreEngine(Engine):
                 asyncio.run(self.drain(0))
                 return
             kind = message[0]
-            if kind == "submit":
-                self._submit_message(message)
-            elif kind == "cancel":
-                job = self.jobs.get(message[1])
-                if job is not None:
-                    job.cancel()
+            if kind == "requests":
+                # Everything the server submitted or cancelled in one pass of its event
+                # loop: queued together, then one wake-up, so that requests that arrive
+                # together are prefilled together.
+                for request in message[1]:
+                    if request[0] == "submit":
+                        self._submit_message(request)
+                    elif request[0] == "cancel" and (job := self.jobs.get(request[1])):
+                        job.cancel()
+                self.wake()
             elif kind == "drain":
                 asyncio.run(self.drain(float(message[1])))
                 self.flush()  # what the drain failed
@@ -132,7 +136,7 @@ class CoreEngine(Engine):
         ]
         self.jobs[key] = job
         try:
-            self.enqueue(job)
+            self.enqueue(job, wake=False)
         except EngineError as e:  # the queue filled up since the server last heard
             self.jobs.pop(key, None)
             self.send(["events", [wire.error_event(key, e)]])

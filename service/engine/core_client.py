@@ -80,6 +80,7 @@ class CoreClient:
         self._process: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._started: asyncio.Future[list[Any]] | None = None
+        self._requests: list[list[Any]] = []  # submits and cancels not yet sent
         self._stopped: asyncio.Future[None] | None = None
         self._admission: Admission | None = None
 
@@ -142,6 +143,7 @@ class CoreClient:
         self.state = EngineState.DRAINING
         if self._stopped is None and self._transport is not None:
             self._stopped = asyncio.get_running_loop().create_future()
+            self._send_requests()  # what was submitted before the drain goes first
             self._send(["drain", timeout])
         if self._stopped is not None and not self._stopped.done():
             try:
@@ -199,7 +201,7 @@ class CoreClient:
                 retry_after=retry_after(queued, self._avg_seq_seconds, self.config),
             )
         key = next(self._keys)
-        self._send([
+        self._queue_request([
             "submit", key, task_input.task, protocol, priority, job.deadline, job.arrival,
             stream, wire.params_to_dict(params), [s.source_ids for s in job.sequences],
         ])
@@ -217,7 +219,25 @@ class CoreClient:
 
     def _cancel(self, key: int) -> None:
         if key in self._jobs and self._transport is not None:
-            self._send(["cancel", key])
+            self._queue_request(["cancel", key])
+
+    def _queue_request(self, request: list[Any]) -> None:
+        """Submits and cancels go out together once per pass of the event loop: one
+        frame, one system call, and one admission in the core for requests that
+        arrived together (64 clients answered by one step resubmit in the same pass)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise Unavailable(f"model {self.name} is not running")
+        self._requests.append(request)
+        if len(self._requests) == 1:
+            asyncio.get_running_loop().call_soon(self._send_requests)
+
+    def _send_requests(self) -> None:
+        requests, self._requests = self._requests, []
+        transport = self._transport
+        if requests and transport is not None and not transport.is_closing():
+            transport.write(wire.frame(["requests", requests]))
+        # else the core is gone, and _core_gone fails these jobs
 
     def _send(self, message: list[Any]) -> None:
         transport = self._transport

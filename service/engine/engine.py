@@ -248,12 +248,18 @@ class Engine:
         self.enqueue(job)
         return job
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job, wake: bool = True) -> None:
         """Queue a job whose sequences are built and checked (any thread). Raises
-        Overloaded when the queue is full."""
+        Overloaded when the queue is full. wake=False: the caller queues more, then
+        calls wake()."""
         self.scheduler.add(job.sequences)
         with self._open_lock:
             self._open += len(job.sequences)
+        if wake:
+            self.wake()
+
+    def wake(self) -> None:
+        """Tell the engine thread there is work."""
         with self._wake:
             self._wake.notify()
 

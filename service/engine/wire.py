@@ -5,8 +5,9 @@ one JSON array: `[kind, ...]`. JSON, not pickle: nothing that
 arrives can run code, and json is implemented in C, so a step's events cost one
 `dumps` on the core side and one `loads` on the server side.
 
-server -> core: ["submit", key, task, protocol, priority, deadline, arrival, stream,
-                 params, sources] | ["cancel", key] | ["drain", timeout_s]
+server -> core: ["requests", [request, ...]] | ["drain", timeout_s]
+  a request:    ["submit", key, task, protocol, priority, deadline, arrival, stream,
+                 params, sources] | ["cancel", key]
 core -> server: ["ready", info] | ["failed", message] | ["stopped"] | ["events", [...]]
   an event:     ["delta", key, index, text, tokens] | ["done", key, index, status,
                  token_ids, logprob, text] | ["error", key, code, message, field,
