@@ -114,9 +114,15 @@ class CoreClient:
         self.state = EngineState.WARMING
         loop = asyncio.get_running_loop()
         self._started = loop.create_future()
-        self._transport, _ = await loop.create_unix_connection(
-            lambda: _CoreProtocol(self._handle, self._core_gone), sock=ours)
-        reply = await self._started
+        try:
+            self._transport, _ = await loop.create_unix_connection(
+                lambda: _CoreProtocol(self._handle, self._core_gone), sock=ours)
+            reply = await self._started
+        except BaseException:  # cancelled (shutdown during loading): no orphan core
+            self._close()
+            self._process.kill()
+            self.state = EngineState.STOPPED
+            raise
         if reply[0] != "ready":
             code = await asyncio.to_thread(self._process.wait)
             self._close()
