@@ -224,7 +224,8 @@ class CoreClient:
         return await job.result()
 
     def _cancel(self, key: int) -> None:
-        if key in self._jobs and self._transport is not None:
+        transport = self._transport
+        if key in self._jobs and transport is not None and not transport.is_closing():
             self._queue_request(["cancel", key])
 
     def _queue_request(self, request: list[Any]) -> None:

@@ -6,6 +6,8 @@ them through `loop.call_soon_threadsafe`, so nothing is shared without a hand-of
 loop keeps the events for streaming consumers and resolves one future when the job
 ends, so a unary caller waits on that future alone: no task, queue or generator per
 request on the event loop, whose time the engine thread pays for (it shares the GIL).
+In an engine-core process a job has a `sink` instead: its events go down the pipe to the
+server, where a job of the caller's loop receives them through `deliver()`.
 """
 
 from __future__ import annotations
