@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -364,6 +365,9 @@ async def bench(targets: list[tuple[str, str, str | None]], args: argparse.Names
                                             concurrency, args.requests, args.duration,
                                             args.max_new_tokens, args.stream)
                     rows.append(level.row())
+                    failed = Counter(s.error for s in level.samples if not s.ok)
+                    if failed:  # which errors, so that a failed request can be explained
+                        print(f"{name} {protocol} errors: {dict(failed)}", file=sys.stderr)
                 print(format_table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
