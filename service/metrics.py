@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from service.engine.stats import RequestStats, StepStats
+from service.engine.stats import EngineRestart, Record, RequestStats, StepStats
 
 # No `*_created` series: they double the exposition and no Sora dashboard uses them.
 disable_created_metrics()
@@ -108,6 +108,10 @@ class Metrics:
             "sora_model_info", "Models being served (value 1)",
             ["model", "version", "device", "dtype"], registry=r,
         )
+        self.engine_restarts = Counter(
+            "sora_engine_restarts", "Engine-core processes replaced after dying", ["model"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "sora_http_requests", "HTTP responses by route template and status code",
             ["route", "code"], registry=r,
@@ -117,11 +121,13 @@ class Metrics:
 
     # -- engine listener (called from engine threads) ----------------------------------
 
-    def __call__(self, record: RequestStats | StepStats) -> None:
+    def __call__(self, record: Record) -> None:
         if isinstance(record, RequestStats):
             self._request(record)
         elif isinstance(record, StepStats):
             self._step(record)
+        elif isinstance(record, EngineRestart):
+            self.engine_restarts.labels(record.model).inc()
 
     def _request(self, s: RequestStats) -> None:
         if s.protocol == "warmup":

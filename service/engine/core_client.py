@@ -83,6 +83,7 @@ class CoreClient:
         self._requests: list[list[Any]] = []  # submits and cancels not yet sent
         self._stopped: asyncio.Future[None] | None = None
         self._admission: Admission | None = None
+        self.on_exit: Callable[[CoreClient], None] | None = None  # an unexpected exit
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -330,6 +331,8 @@ class CoreClient:
                   self._process.poll() if self._process else None)
         self.state = EngineState.STOPPED
         self._fail_all(ExecutionError("the engine process exited"))
+        if self.on_exit is not None:
+            self.on_exit(self)
 
     def _close(self) -> None:
         transport, self._transport = self._transport, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.engine import Engine, EngineState, ModelInfo
 from service.engine.errors import ModelNotFound
 from service.engine.protocol import EngineClient
-from service.engine.stats import Listener
+from service.engine.stats import EngineRestart, RecordListener
 
 log = logging.getLogger(__name__)
+# Seconds before each attempt to replace an engine-core process that died.
+RESTART_DELAYS_S = (0.5, 2.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,11 @@ class ModelRegistry:
         self.default_model = default_model
         self.drain_timeout = drain_timeout
         self._engines: dict[str, EngineClient] = {}
-        self._listeners: list[Listener] = []
+        self._listeners: list[RecordListener] = []
         self._draining: set[asyncio.Task[None]] = set()
+        self._restarting: set[asyncio.Task[None]] = set()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: RecordListener) -> None:
         self._listeners.append(listener)
         for engine in self._engines.values():
             engine.add_listener(listener)
@@ -86,6 +90,7 @@ class ModelRegistry:
         if self.core is not None:  # the core process verifies and loads the checkpoint
             engine = CoreClient(source.path, self.config, name=source.name,
                                 version=source.version, options=self.core)
+            engine.on_exit = functools.partial(self._core_exited, source)
         else:
             ckpt = await asyncio.to_thread(load_checkpoint, source.path)
             engine = Engine(ckpt, self.config, name=source.name, version=source.version)
@@ -158,6 +163,41 @@ class ModelRegistry:
             task.add_done_callback(self._draining.discard)
         return new
 
+    def _core_exited(self, source: ModelSource, dead: CoreClient) -> None:
+        task = asyncio.create_task(self._restart(source, dead))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, source: ModelSource, dead: CoreClient) -> None:
+        """Replace an engine-core process that died (its requests have failed with
+        execution_error), a few times with growing delays; until then the model is
+        unavailable and liveness fails, so an orchestrator may restart the server."""
+        for attempt, delay in enumerate(RESTART_DELAYS_S, 1):
+            await asyncio.sleep(delay)
+            if self._engines.get(source.name) is not dead:
+                return  # reloaded or shut down meanwhile
+            try:
+                new = await self._start_engine(source)
+            except Exception:
+                log.exception("restart %d of %s failed", attempt, source.name)
+                continue
+            if self._engines.get(source.name) is not dead:
+                await new.drain(0)
+                return
+            self._engines[source.name] = new
+            log.warning("model %s: a new engine process replaced the one that died",
+                        source.name)
+            self._emit(EngineRestart(source.name))
+            return
+        log.error("model %s: gave up restarting its engine process", source.name)
+
+    def _emit(self, record: EngineRestart) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("stats listener failed")
+
     async def _retire(self, engine: EngineClient) -> None:
         """Drain a replaced engine, then let the collector free what it leaves behind."""
         await engine.drain(self.drain_timeout)
@@ -178,6 +218,8 @@ class ModelRegistry:
         return changed
 
     async def drain(self, timeout: float) -> None:
+        for task in self._restarting:
+            task.cancel()
         await asyncio.gather(*(e.drain(timeout) for e in self._engines.values()))
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)

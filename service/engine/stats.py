@@ -33,4 +33,13 @@ class StepStats:
     waiting: int  # sequences queued after the step
 
 
-Listener = Callable[[RequestStats | StepStats], None]
+@dataclass(frozen=True)
+class EngineRestart:
+    """A model's engine-core process died and a new one took over."""
+
+    model: str
+
+
+Listener = Callable[[RequestStats | StepStats], None]  # what an engine emits
+Record = RequestStats | StepStats | EngineRestart
+RecordListener = Callable[[Record], None]  # what a registry emits (its engines' too)

@@ -115,7 +115,10 @@ def test_a_client_disconnect_cancels_the_request_in_the_core(
              "the cancellation to be counted")
 
 
-def test_a_dead_core_fails_liveness_and_readiness(service_checkpoint: Path) -> None:
+def test_a_dead_core_fails_liveness_and_readiness_until_replaced(
+    service_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.engine.registry.RESTART_DELAYS_S", (600.0,))
     srv = launch(service_checkpoint, engine_process=True, grpc_enabled=False)
     try:
         engine = srv.registry.engines()[0]
@@ -127,5 +130,22 @@ def test_a_dead_core_fails_liveness_and_readiness(service_checkpoint: Path) -> N
         assert ready.status_code == 503 and "tiny" in ready.json()["error"]["message"]
         r = httpx.post(srv.http_url + "/v1/translate", json={"text": "Hi", "target_lang": "de"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    finally:
+        srv.stop()  # cancels the pending restart
+
+
+def test_a_dead_core_is_replaced_and_counted(service_checkpoint: Path) -> None:
+    srv = launch(service_checkpoint, engine_process=True, grpc_enabled=False)
+    try:
+        dead = srv.registry.engines()[0]
+        os.kill(dead._process.pid, signal.SIGKILL)
+        wait_for(lambda: srv.registry.engines()[0] is not dead and srv.registry.ready,
+                 "a new engine process", limit_s=120)
+        assert srv.registry.engines()[0]._process.pid != dead._process.pid
+        assert httpx.get(srv.http_url + "/health/live").status_code == 200
+        r = httpx.post(srv.http_url + "/v1/translate", json={"text": "Hi", "target_lang": "de"})
+        assert r.status_code == 200
+        restarts = samples(srv, "sora_engine_restarts_total")
+        assert restarts == {(("model", "tiny"),): 1.0}
     finally:
         srv.stop()

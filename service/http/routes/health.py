@@ -1,7 +1,8 @@
 """Kubernetes-style probes, open without an API key.
 
 /health/live: the process answers (200 while serving, loading and draining), and 503
-once a model's engine-core process has died, so the orchestrator restarts the server.
+while a model's engine-core process is dead (the registry tries to replace it; if it
+cannot, liveness keeps failing and the orchestrator restarts the server).
 /health/ready: 200 only when every model is warm and the server is not draining;
 otherwise 503 with Retry-After, so a load balancer stops sending traffic at once.
 """
