@@ -32,10 +32,16 @@ from service.engine import wire
 from service.engine.admission import Admission
 from service.engine.config import EngineConfig
 from service.engine.engine import EngineState, ModelInfo
-from service.engine.errors import EngineError, ExecutionError, Overloaded, Unavailable
+from service.engine.errors import (
+    EngineError,
+    ExecutionError,
+    Overloaded,
+    Unavailable,
+    error_from_code,
+)
 from service.engine.request import Completion, Job, Status, StreamDelta, TaskInput
 from service.engine.scheduler import retry_after
-from service.engine.stats import Listener, RequestStats
+from service.engine.stats import Listener, RequestStats, notify
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # where `service` imports from
@@ -222,7 +228,7 @@ class CoreClient:
     ) -> Completion:
         """submit() and wait; cancelling the awaiting task cancels the request."""
         job = self.submit(task_input, params, **kwargs)  # type: ignore[arg-type]
-        return await job.result()
+        return await job.result()  # which cancels the job when cancelled
 
     def _cancel(self, key: int) -> None:
         transport = self._transport
@@ -289,18 +295,14 @@ class CoreClient:
         elif kind == "error":
             job = self._jobs.pop(event[1], None)
             if job is not None:
-                self._fail(job, wire.error_from_event(*event[2:]))
+                self._fail(job, error_from_code(*event[2:]))
         elif kind == "load":
             self.running, self.waiting = event[1], event[2]
         else:
             record = wire.stats_from_event(kind, event[1])
             if isinstance(record, RequestStats):
                 self._avg_seq_seconds = 0.9 * self._avg_seq_seconds + 0.1 * record.e2e_s
-            for listener in self._listeners:
-                try:
-                    listener(record)
-                except Exception:
-                    log.exception("stats listener failed")
+            notify(self._listeners, record)
 
     def _fail(self, job: Job, error: EngineError) -> None:
         for seq in job.sequences:

@@ -34,7 +34,7 @@ from service.engine.errors import (
 from service.engine.request import Completion, Job, Sequence, Status, StreamDelta, TaskInput
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Scheduler
-from service.engine.stats import Listener, RequestStats, StepStats
+from service.engine.stats import Listener, RequestStats, StepStats, notify
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,7 @@ class Engine:
     ) -> Completion:
         """submit() and wait; cancelling the awaiting task cancels the request."""
         job = self.submit(task_input, params, **kwargs)  # type: ignore[arg-type]
-        try:
-            return await job.result()
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
+        return await job.result()  # which cancels the job when cancelled
 
     def _submit(
         self,
@@ -482,11 +478,7 @@ class Engine:
         ))
 
     def _emit(self, record: RequestStats | StepStats) -> None:
-        for listener in self._listeners:
-            try:
-                listener(record)
-            except Exception:
-                log.exception("stats listener failed")
+        notify(self._listeners, record)
 
 
 def _ended(job: Job, now: float) -> bool:

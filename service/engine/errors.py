@@ -52,3 +52,15 @@ class ExecutionError(EngineError):
     """The model step failed for this request (non-finite logits, out of memory, ...)."""
 
     code = "execution_error"
+
+
+def error_from_code(
+    code: str, message: str, field: str | None = None, retry_after: float | None = None
+) -> EngineError:
+    """The error a stable `code` names (as sent by an engine-core process)."""
+    if code == Overloaded.code:
+        return Overloaded(message, retry_after=retry_after or 1.0)
+    classes = (InvalidRequest, InputTooLong, Unavailable, ModelNotFound, DeadlineExceeded,
+               Cancelled, ExecutionError)
+    cls = next((c for c in classes if c.code == code), EngineError)
+    return cls(message, field=field)

@@ -23,7 +23,7 @@ from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.engine import Engine, EngineState, ModelInfo
 from service.engine.errors import ModelNotFound
 from service.engine.protocol import EngineClient
-from service.engine.stats import EngineRestart, RecordListener
+from service.engine.stats import EngineRestart, RecordListener, notify
 
 log = logging.getLogger(__name__)
 # Seconds before each attempt to replace an engine-core process that died.
@@ -187,16 +187,9 @@ class ModelRegistry:
             self._engines[source.name] = new
             log.warning("model %s: a new engine process replaced the one that died",
                         source.name)
-            self._emit(EngineRestart(source.name))
+            notify(self._listeners, EngineRestart(source.name))
             return
         log.error("model %s: gave up restarting its engine process", source.name)
-
-    def _emit(self, record: EngineRestart) -> None:
-        for listener in self._listeners:
-            try:
-                listener(record)
-            except Exception:
-                log.exception("stats listener failed")
 
     async def _retire(self, engine: EngineClient) -> None:
         """Drain a replaced engine, then let the collector free what it leaves behind."""

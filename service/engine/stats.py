@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,15 @@ class EngineRestart:
 Listener = Callable[[RequestStats | StepStats], None]  # what an engine emits
 Record = RequestStats | StepStats | EngineRestart
 RecordListener = Callable[[Record], None]  # what a registry emits (its engines' too)
+
+
+R = TypeVar("R", RequestStats | StepStats, Record)
+
+
+def notify(listeners: Sequence[Callable[[R], None]], record: R) -> None:
+    """Give `record` to every listener; one that fails is logged, not the caller's problem."""
+    for listener in listeners:
+        try:
+            listener(record)
+        except Exception:
+            log.exception("stats listener failed")

@@ -26,25 +26,8 @@ import socket
 from typing import Any
 
 from model.sampling import DecodingParams
-from service.engine.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    EngineError,
-    ExecutionError,
-    InputTooLong,
-    InvalidRequest,
-    ModelNotFound,
-    Overloaded,
-    Unavailable,
-)
+from service.engine.errors import EngineError
 from service.engine.stats import RequestStats, StepStats
-
-_ERRORS: dict[str, type[EngineError]] = {
-    cls.code: cls
-    for cls in (EngineError, InvalidRequest, InputTooLong, Overloaded, Unavailable,
-                ModelNotFound, DeadlineExceeded, Cancelled, ExecutionError)
-}
-
 
 HEADER = 4
 
@@ -113,14 +96,6 @@ def params_from_dict(data: dict[str, Any]) -> DecodingParams:
 def error_event(key: int, error: EngineError) -> list[Any]:
     return ["error", key, error.code, error.message, error.field,
             getattr(error, "retry_after", None)]
-
-
-def error_from_event(code: str, message: str, field: str | None,
-                     retry_after: float | None) -> EngineError:
-    cls = _ERRORS.get(code, EngineError)
-    if cls is Overloaded:
-        return Overloaded(message, retry_after=retry_after or 1.0)
-    return cls(message, field=field)
 
 
 def stats_event(record: RequestStats | StepStats) -> list[Any]:
