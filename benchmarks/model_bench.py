@@ -99,8 +99,9 @@ def parse_precisions(text: str) -> list[str]:
 
 
 def with_precision(model: Sora, precision: str) -> Sora:
-    """A copy of `model` in `precision`: float32, bfloat16 (fast where the CPU has AMX /
-    AVX512-BF16) or int8 (dynamic quantization of the linear layers)."""
+    """A copy of `model` in `precision`, laid out as the engine serves it: float32
+    (decoder weights column-major), bfloat16 (fast where the CPU has AMX / AVX512-BF16) or
+    int8 (dynamic quantization of the linear layers)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     copy = Sora(model.config).eval()
@@ -109,7 +110,7 @@ def with_precision(model: Sora, precision: str) -> Sora:
         return copy.to(torch.bfloat16)
     if precision == "int8":
         return cast(Sora, quantize_int8(copy))
-    return copy
+    return copy.column_major_decoder()
 
 
 class _NoText:

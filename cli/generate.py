@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = quantize_int8(ckpt.model) if args.quantize else ckpt.model
+    model = quantize_int8(ckpt.model) if args.quantize else ckpt.model.column_major_decoder()
     for r in generate(model, ckpt.tokenizer, sources, params):  # type: ignore[arg-type]
         if args.verbose:
             print(f"{r.text}\t[{r.finish_reason}, logprob {r.logprob:.3f}]")

@@ -60,6 +60,23 @@ class Sora(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
+    def column_major_decoder(self) -> Sora:
+        """Store the decoder's Linear weights and the tied embedding column-major, for
+        fp32 inference on CPU (elsewhere a no-op). Each decode step multiplies (rows, d)
+        activations by these weights; MKL's GEMM runs ~1.6x faster at 16 rows and ~5% at
+        64 when the (in, out) operand is untransposed, with the same outputs. Embedding
+        lookups read strided rows instead (~2% of a prefill). Loading weights afterwards
+        (`load_state_dict`) keeps the layout; training never uses it."""
+        weight = self.embed.weight
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return self
+        params = [m.weight for m in self.decoder_layers.modules() if isinstance(m, nn.Linear)]
+        params.append(self.lm_head.weight if self.lm_head is not None else weight)
+        with torch.no_grad():
+            for p in params:
+                p.data = p.data.t().contiguous().t()
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -82,6 +82,8 @@ class Engine:
             if device.type != "cpu":
                 raise ValueError("quantize_int8 is for CPU inference only")
             model = quantize_int8(model)  # type: ignore[assignment]
+        else:
+            model = model.column_major_decoder()
         self.device, self.dtype = device, dtype
         self.tokenizer = checkpoint.tokenizer
         self.runner = ModelRunner(model, self.tokenizer)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.generation import GenerationResult, generate
 from model.sampling import (
     DecodingParams,
@@ -208,3 +210,25 @@ def test_choose_logprob_is_the_log_softmax_of_the_token() -> None:
     want = logits.log_softmax(dim=-1)
     assert torch.equal(tokens, want.argmax(dim=-1))
     torch.testing.assert_close(logprob, want.max(dim=-1).values, rtol=0, atol=1e-5)
+
+
+def test_column_major_decoder_keeps_outputs(
+    tiny_model: Sora, tiny_tokenizer: SoraTokenizer, tmp_path: Path
+) -> None:
+    fast = copy.deepcopy(tiny_model).column_major_decoder()
+    up = fast.decoder_layers[0].ffn.up.weight
+    assert up.stride() == (1, up.shape[0])  # stored (in, out)
+    assert fast.embed.weight.stride() == (1, fast.config.vocab_size)  # tied output
+    enc = fast.encoder_layers[0].ffn.up.weight
+    assert enc.stride() == (enc.shape[1], 1)  # the encoder runs at many rows: unchanged
+    for kw in ({"max_new_tokens": 8}, {"strategy": "beam", "beam_size": 3, "max_new_tokens": 8}):
+        want, got = run(tiny_model, tiny_tokenizer, **kw), run(fast, tiny_tokenizer, **kw)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+        for g, w in zip(got, want, strict=True):
+            assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+    # Loading weights keeps the layout; saving writes ordinary contiguous tensors.
+    fast.load_state_dict(tiny_model.state_dict())
+    assert fast.decoder_layers[0].ffn.up.weight.stride() == up.stride()
+    path = save_checkpoint(tmp_path / "ckpt", fast, tiny_tokenizer, info={"name": "t"})
+    loaded = load_checkpoint(path).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in tiny_model.state_dict().items())
