@@ -13,7 +13,9 @@ Face model is an M2M100 (NLLB) configuration, the architecture CTranslate2 conve
 is closest to Sora's: pre-LayerNorm blocks with final encoder/decoder norms, sinusoidal
 positions, scaled and tied embeddings, GELU feed-forward. It is converted to CTranslate2
 (fp32 weights) with `TransformersConverter`. Every engine decodes greedily exactly
-`new_tokens` tokens per source on `threads` intra-op threads; fp32 by default, and
+`new_tokens` tokens per source on `threads` intra-op threads, each in a process of its
+own, Sora and CTranslate2 in alternation (each repeat times every engine once, so machine
+drift hits them alike; Hugging Face, much slower, runs after them); fp32 by default, and
 `--sora-precisions float32,bfloat16,int8 --ct2-compute float32,int8` also compares each
 engine's faster CPU modes (CTranslate2 has no bf16 on CPU; Sora's bf16 needs AMX or
 AVX512-BF16 to be fast).
@@ -22,10 +24,16 @@ AVX512-BF16 to be fast).
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -36,7 +44,7 @@ from benchmarks.model_bench import (
     SHAPES,
     BenchResult,
     BenchShape,
-    bench_sora,
+    NoText,
     build_model,
     format_table,
     make_sources,
@@ -44,6 +52,9 @@ from benchmarks.model_bench import (
     time_batches,
     with_precision,
 )
+from model.generation import generate
+from model.sampling import DecodingParams
+from model.tokenizer import SoraTokenizer
 
 # M2M100's special ids; plain tokens are "t<id>" so source ids map one to one.
 HF_BOS, HF_PAD, HF_EOS, HF_UNK = 0, 1, 2, 3
@@ -97,41 +108,40 @@ CT2_COMPUTE = {"float32": "ct2", "int8": "ct2-int8", "int8_float32": "ct2-int8f3
                "int16": "ct2-int16"}
 
 
-def bench_ct2(
-    model_dir: Path, sources: list[list[int]], batch_sizes: list[int], new_tokens: int,
-    threads: int, repeats: int, compute_type: str = "float32",
-) -> list[BenchResult]:
+Run = Callable[[list[list[int]]], object]
+
+
+def ct2_run(model_dir: Path, threads: int, compute_type: str, new_tokens: int) -> Run:
+    """Greedy generation of a chunk of sources with CTranslate2 (ids as "t<id>" tokens)."""
     import ctranslate2
 
     translator = ctranslate2.Translator(
         str(model_dir), device="cpu", compute_type=compute_type, inter_threads=1,
         intra_threads=threads,
     )
-    tokens = [[f"t{i}" if i >= 4 else "</s>" for i in src] for src in sources]
-    lengths: list[int] = []
 
-    def run(chunk: list[list[str]]) -> object:
+    def run(chunk: list[list[int]]) -> object:
+        tokens = [[f"t{i}" if i >= 4 else "</s>" for i in src] for src in chunk]
         out = translator.translate_batch(
-            chunk, beam_size=1, min_decoding_length=new_tokens,
+            tokens, beam_size=1, min_decoding_length=new_tokens,
             max_decoding_length=new_tokens, return_scores=False,
         )
-        lengths.extend(len(r.hypotheses[0]) for r in out)
+        lengths = {len(r.hypotheses[0]) for r in out}
+        if lengths != {new_tokens}:
+            raise RuntimeError(f"CTranslate2 produced lengths {sorted(lengths)}")
         return out
 
-    results = []
-    for bs in batch_sizes:
-        times = time_batches(run, tokens, bs, repeats)  # type: ignore[arg-type]
-        results.append(BenchResult(CT2_COMPUTE[compute_type], bs, len(sources) * new_tokens,
-                                   times))
-    if set(lengths) != {new_tokens}:
-        print(f"warning: CTranslate2 produced lengths {sorted(set(lengths))}", file=sys.stderr)
-    return results
+    return run
 
 
-def bench_hf(
-    model: object, sources: list[list[int]], batch_sizes: list[int], new_tokens: int,
-    repeats: int,
-) -> list[BenchResult]:
+def sora_run(shape: BenchShape, precision: str, new_tokens: int) -> Run:
+    model = with_precision(build_model(shape), precision)
+    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+    tokenizer = cast(SoraTokenizer, NoText())
+    return lambda chunk: generate(model, tokenizer, chunk, params)
+
+
+def hf_run(model: object, new_tokens: int) -> Run:
     def run(chunk: list[list[int]]) -> object:
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), HF_PAD, dtype=torch.long)
@@ -145,10 +155,53 @@ def bench_hf(
         assert out.shape[1] == new_tokens + 1, out.shape  # decoder start + new tokens
         return out
 
-    return [
-        BenchResult("hf", bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
-        for bs in batch_sizes
-    ]
+    return run
+
+
+def _worker(conn: Connection, make: Callable[[], Run], threads: int,
+            sources: list[list[int]]) -> None:
+    """One engine in its own process: time one pass over `sources` per request."""
+    torch.set_num_threads(threads)
+    run = make()
+    while (batch_size := conn.recv()) is not None:
+        chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+        run(chunks[0])  # warm-up: allocator, kernels, lazy init
+        start = time.perf_counter()
+        for chunk in chunks:
+            run(chunk)
+        conn.send(time.perf_counter() - start)
+
+
+def time_interleaved(
+    makers: dict[str, Callable[[], Run]], sources: list[list[int]], sizes: list[int],
+    new_tokens: int, threads: int, repeats: int,
+) -> list[BenchResult]:
+    """Each engine runs in a process of its own (their OpenMP pools would otherwise spin
+    against each other on two cores), and each repeat times every engine once in turn,
+    so that the drift of a shared machine (30% within minutes here) hits all alike."""
+    ctx = multiprocessing.get_context("spawn")
+    workers = {}
+    for name, make in makers.items():
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, make, threads, sources), daemon=True)
+        proc.start()
+        workers[name] = (parent, proc)
+    results = []
+    try:
+        for bs in sizes:
+            seconds: dict[str, list[float]] = {name: [] for name in makers}
+            for _ in range(repeats):
+                for name, (conn, _) in workers.items():
+                    conn.send(bs)
+                    seconds[name].append(conn.recv())
+                    time.sleep(0.5)  # let the engine's threads go idle before the next
+            results += [BenchResult(n, bs, len(sources) * new_tokens, s)
+                        for n, s in seconds.items()]
+    finally:
+        for conn, proc in workers.values():
+            conn.send(None)
+            proc.join(timeout=30)
+    return results
 
 
 def main() -> int:
@@ -189,26 +242,32 @@ def main() -> int:
           f"{args.hf_num_sources}); Sora {args.sora_precisions}, CTranslate2 {args.ct2_compute}")
 
     results: list[BenchResult] = []
-    if "sora" in engines:
-        model = build_model(shape)
-        for precision in sora_precisions:
-            results += bench_sora(with_precision(model, precision), sources, sizes,
-                                  args.new_tokens, args.repeats, PRECISIONS[precision])
-            print(format_table(results), flush=True)
+    makers: dict[str, Callable[[], Run]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
         hf_model = build_hf(shape, hf_dir)
+        if "sora" in engines:
+            for precision in sora_precisions:
+                makers[PRECISIONS[precision]] = functools.partial(
+                    sora_run, shape, precision, args.new_tokens
+                )
         if "ct2" in engines:
             import ctranslate2
 
             ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
             for compute_type in ct2_compute:
-                results += bench_ct2(ct2_dir, sources, sizes, args.new_tokens, args.threads,
-                                     args.repeats, compute_type)
-                print(format_table(results, reference=reference), flush=True)
+                makers[CT2_COMPUTE[compute_type]] = functools.partial(
+                    ct2_run, ct2_dir, args.threads, compute_type, args.new_tokens
+                )
+        results += time_interleaved(makers, sources, sizes, args.new_tokens, args.threads,
+                                    args.repeats)
         if "hf" in engines:
-            results += bench_hf(hf_model, sources[: args.hf_num_sources], sizes,
-                                args.new_tokens, args.repeats)
+            hf = hf_run(hf_model, args.new_tokens)
+            for bs in sizes:
+                results.append(BenchResult(
+                    "hf", bs, args.hf_num_sources * args.new_tokens,
+                    time_batches(hf, sources[: args.hf_num_sources], bs, args.repeats),
+                ))
     print()
     print(format_table(results, reference=reference))
     return 0

@@ -113,7 +113,7 @@ def with_precision(model: Sora, precision: str) -> Sora:
     return copy.column_major_decoder()
 
 
-class _NoText:
+class NoText:
     """Stands in for the tokenizer: the benchmark times ids, not detokenization."""
 
     def decode_batch(self, batch: list[list[int]], skip_special: bool = True) -> list[str]:
@@ -147,7 +147,7 @@ def bench_sora(
     name: str = "sora",
 ) -> list[BenchResult]:
     params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
-    tokenizer = cast(SoraTokenizer, _NoText())
+    tokenizer = cast(SoraTokenizer, NoText())
 
     def run(chunk: list[list[int]]) -> object:
         return generate(model, tokenizer, chunk, params)
