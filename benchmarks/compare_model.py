@@ -136,7 +136,8 @@ def ct2_run(model_dir: Path, threads: int, compute_type: str, new_tokens: int) -
 
 def sora_run(shape: BenchShape, precision: str, new_tokens: int) -> Run:
     model = with_precision(build_model(shape), precision)
-    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            ignore_eos=True, return_logprob=False)  # as return_scores=False
     tokenizer = cast(SoraTokenizer, NoText())
     return lambda chunk: generate(model, tokenizer, chunk, params)
 

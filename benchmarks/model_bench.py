@@ -146,7 +146,9 @@ def bench_sora(
     repeats: int = 3,
     name: str = "sora",
 ) -> list[BenchResult]:
-    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+    # No sequence log-probability, as CTranslate2 (return_scores=False) and Hugging Face.
+    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            ignore_eos=True, return_logprob=False)
     tokenizer = cast(SoraTokenizer, NoText())
 
     def run(chunk: list[list[int]]) -> object:

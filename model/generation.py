@@ -22,7 +22,7 @@ from model.tokenizer import SoraTokenizer
 class GenerationResult:
     token_ids: list[int]
     text: str
-    logprob: float  # sum of the chosen tokens' log-probabilities
+    logprob: float | None  # sum of the chosen tokens' log-probabilities (if asked for)
     finish_reason: str  # "eos" | "length"
 
 
@@ -161,7 +161,8 @@ def generate(
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
         tokens, lp = choose(logits, sampling)
         generated[:, step] = tokens
-        logprob += lp
+        if lp is not None:
+            logprob += lp
         n_gen += 1
         step += 1
         if params.ignore_eos:
@@ -190,7 +191,8 @@ def generate(
     token_lists = [out_tokens[r, : out_len[r]].tolist() for r in range(n)]
     texts = tokenizer.decode_batch(token_lists)
     return [
-        GenerationResult(t, text, float(out_logprob[r]), reason[r])
+        GenerationResult(t, text, float(out_logprob[r]) if params.return_logprob else None,
+                         reason[r])
         for r, (t, text) in enumerate(zip(token_lists, texts, strict=True))
     ]
 
@@ -224,4 +226,5 @@ def _beam(
         tokens = torch.tensor(next_tokens, device=device)
     best = search.best()
     ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
-    return GenerationResult(ids, tokenizer.decode(ids), best.logprob, best.finish_reason)
+    logprob = best.logprob if params.return_logprob else None
+    return GenerationResult(ids, tokenizer.decode(ids), logprob, best.finish_reason)

@@ -92,7 +92,7 @@ class Completion:
     finish_reason: str  # "eos" | "length"
     prompt_tokens: int
     completion_tokens: int
-    logprob: float
+    logprob: float | None  # None when the request set return_logprob=False
     model: str
     version: str
     segments: int
@@ -240,7 +240,7 @@ class Job:
             else "eos",
             prompt_tokens=sum(len(s.source_ids) for s in seqs),
             completion_tokens=sum(len(s.token_ids) for s in seqs),
-            logprob=sum(s.logprob for s in seqs),
+            logprob=sum(s.logprob for s in seqs) if seqs[0].params.return_logprob else None,
             model=self.model,
             version=self.version,
             segments=len(seqs),

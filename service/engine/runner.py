@@ -73,7 +73,8 @@ class ModelRunner:
         beam_rows = self._beam_step(batch, logits, tokens)
         batch.generated.scatter_(1, batch.n_generated[:, None], tokens[:, None])
         batch.n_generated += 1
-        batch.logprob += lp
+        if lp is not None:
+            batch.logprob += lp
         batch.tokens = tokens
         eos = (tokens == self.eos_id) & ~batch.sampling.ignore_eos
         done = eos | (batch.n_generated >= batch.sampling.max_new_tokens)

@@ -232,3 +232,15 @@ def test_column_major_decoder_keeps_outputs(
     path = save_checkpoint(tmp_path / "ckpt", fast, tiny_tokenizer, info={"name": "t"})
     loaded = load_checkpoint(path).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_without_logprob_same_tokens(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    for kw in ({}, {"strategy": "sample", "seed": 3}, {"strategy": "beam", "beam_size": 2}):
+        want = run(tiny_model, tiny_tokenizer, max_new_tokens=8, **kw)
+        got = run(tiny_model, tiny_tokenizer, max_new_tokens=8, return_logprob=False, **kw)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+        assert all(r.logprob is None for r in got) and all(r.logprob for r in want)
+    batch = SamplingBatch.from_params([DecodingParams(return_logprob=False)] * 2,
+                                      torch.device("cpu"))
+    tokens, logprob = choose(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]]), batch)
+    assert tokens.tolist() == [1, 0] and logprob is None
