@@ -151,3 +151,20 @@ async def test_stats_records_are_sane(engine: Engine) -> None:
     assert sum(s.tokens for s in prefill) >= sum(c.prompt_tokens for c in results)
     assert all(0 < s.batch_size <= s.running for s in prefill)
     assert all(s.waiting >= 0 for s in decode + prefill)
+
+
+async def test_without_logprob_same_text(engine: Engine) -> None:
+    """Requests that skip the log-probability run beside requests that want it: all get
+    the answers they get alone, and only the former carry no logprob."""
+    inputs = [TaskInput("translate", t, "de") for t in TEXTS[:4]]
+    want = DecodingParams(max_new_tokens=10)
+    skip = DecodingParams(max_new_tokens=10, return_logprob=False)
+    cases = [(inp, want if i % 2 else skip) for i, inp in enumerate(inputs)]
+    done = await asyncio.gather(*(engine.generate(inp, p) for inp, p in cases))
+    for (inp, p), d in zip(cases, done, strict=True):
+        ref = solo(engine, inp, want)
+        assert (d.text, d.finish_reason) == (ref.text, ref.finish_reason)
+        if p.return_logprob:
+            assert_same(d, ref)
+        else:
+            assert d.logprob is None
