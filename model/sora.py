@@ -63,10 +63,11 @@ class Sora(nn.Module):
     def column_major_decoder(self) -> Sora:
         """Store the decoder's Linear weights and the tied embedding column-major, for
         fp32 inference on CPU (elsewhere a no-op). Each decode step multiplies (rows, d)
-        activations by these weights; MKL's GEMM runs ~1.6x faster at 16 rows and ~5% at
-        64 when the (in, out) operand is untransposed, with the same outputs. Embedding
-        lookups read strided rows instead (~2% of a prefill). Loading weights afterwards
-        (`load_state_dict`) keeps the layout; training never uses it."""
+        activations by these weights; MKL's GEMM runs ~1.6x faster at 16 rows and a few
+        percent at 64 when the (in, out) operand is untransposed, with the same outputs
+        (tested). Embedding lookups read strided rows instead (~2% of a prefill).
+        Loading weights afterwards (`load_state_dict`) keeps the layout; training never
+        uses it."""
         weight = self.embed.weight
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return self
