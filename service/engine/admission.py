@@ -7,6 +7,8 @@ client of an engine-core process use it: the core only ever receives token ids.
 
 from __future__ import annotations
 
+import time
+
 from model.sampling import DecodingParams
 from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
 from service.engine.config import EngineConfig
@@ -32,7 +34,31 @@ class Admission:
         self.max_source_tokens = max_source_tokens
         self.max_new_tokens = max_new_tokens
 
-    def params(self, params: DecodingParams | None, timeout: float | None) -> DecodingParams:
+    def admit(
+        self,
+        task_input: TaskInput,
+        params: DecodingParams | None,
+        *,
+        model: str,
+        version: str,
+        priority: int,
+        timeout: float | None,
+        protocol: str,
+        stream: bool,
+        request_id: str | None,
+    ) -> Job:
+        """The request as a Job with its sequences, or InvalidRequest / InputTooLong
+        naming the field. Nothing is queued: that is the caller's (engine or core client)."""
+        params = self._params(params, timeout)
+        job = Job(
+            task_input, model=model, version=version, protocol=protocol, priority=priority,
+            deadline=None if timeout is None else time.monotonic() + timeout, stream=stream,
+            request_id=request_id,
+        )
+        self._fill(job, params)
+        return job
+
+    def _params(self, params: DecodingParams | None, timeout: float | None) -> DecodingParams:
         """The request's decoding parameters (the configured default when it gave none),
         checked against this model's limits."""
         if params is None:
@@ -55,7 +81,7 @@ class Admission:
             raise InvalidRequest("timeout must be positive", field="timeout")
         return params
 
-    def fill(self, job: Job, params: DecodingParams) -> None:
+    def _fill(self, job: Job, params: DecodingParams) -> None:
         """Give `job` its sequences: one per encoder input of its task input."""
         for i, (source_ids, joiner) in enumerate(self.sources(job.input)):
             seq = Sequence(job=job, index=i, source_ids=source_ids, params=params)

@@ -3,8 +3,8 @@ in-process `Engine`, so the registry, front ends and metrics do not tell them ap
 
 `submit()` validates and tokenizes here (`admission.py`), so bad input still fails at
 once with its field; the core gets token ids. The core's per-step message is read on
-the event loop (`add_reader` on the pipe, no thread) and turned into the same Job
-events an in-process engine posts. Cancellation is forwarded; deadlines travel as
+the event loop (an asyncio protocol on the socket pair, no thread) and turned into the
+same Job events an in-process engine posts. Cancellation is forwarded; deadlines travel as
 `time.monotonic()` values, which every process of the machine shares.
 """
 
@@ -20,7 +20,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,13 +198,10 @@ class CoreClient:
         queue or an engine that is not accepting work."""
         if self.state is not EngineState.READY or self._admission is None:
             raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
-        params = self._admission.params(params, timeout)
-        job = Job(
-            task_input, model=self.name, version=self.version, protocol=protocol,
-            priority=priority, deadline=None if timeout is None else time.monotonic() + timeout,
-            stream=stream, request_id=request_id,
+        job = self._admission.admit(
+            task_input, params, model=self.name, version=self.version, priority=priority,
+            timeout=timeout, protocol=protocol, stream=stream, request_id=request_id,
         )
-        self._admission.fill(job, params)
         n = len(job.sequences)
         queued = max(0, self._open - self.running)  # sent and not (yet) in the batch
         if queued + n > self.config.max_waiting:
@@ -216,7 +212,8 @@ class CoreClient:
         key = next(self._keys)
         self._queue_request([
             "submit", key, task_input.task, protocol, priority, job.deadline, job.arrival,
-            stream, wire.params_to_dict(params), [s.source_ids for s in job.sequences],
+            stream, wire.params_to_dict(job.sequences[0].params),
+            [s.source_ids for s in job.sequences],
         ])
         job.on_cancel = functools.partial(self._cancel, key)
         self._jobs[key] = job

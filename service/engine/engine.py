@@ -231,18 +231,10 @@ class Engine:
     ) -> Job:
         if not internal and self.state is not EngineState.READY:
             raise Unavailable(f"model {self.name} is {self.state.value}, not accepting requests")
-        params = self.admission.params(params, timeout)
-        job = Job(
-            task_input,
-            model=self.name,
-            version=self.version,
-            protocol=protocol,
-            priority=priority,
-            deadline=None if timeout is None else time.monotonic() + timeout,
-            stream=stream,
-            request_id=request_id,
+        job = self.admission.admit(
+            task_input, params, model=self.name, version=self.version, priority=priority,
+            timeout=timeout, protocol=protocol, stream=stream, request_id=request_id,
         )
-        self.admission.fill(job, params)
         self.enqueue(job)
         return job
 
