@@ -1,10 +1,17 @@
 """The decoder's KV cache, shaped for continuous batching.
 
-Self-attention keys/values live in preallocated buffers that all rows fill at the same
-slot each step, so a step writes in place instead of copying the cache. Rows that join
-later are left-padded (their empty slots masked out), and cross-attention keys/values
-of sources of different lengths are right-padded. Rows can be selected (beam reorder,
-dropping finished requests) and caches concatenated (admitting new requests).
+Each row keeps its self-attention keys/values in slots 0.. of its own: row r's next key
+goes to slot `positions[r]`, and attention reads slots <= that position (a mask is only
+built when rows are at different positions). So rows of different ages sit side by side
+without padding, and a row's slots beyond its position are never read: stale values
+there are harmless. Cross-attention keys/values of sources of different lengths are
+right-padded.
+
+Two ways to change the rows. `select` / `concat` build a new cache (beam reordering,
+offline generation). `free` / `fill` work in place for a serving engine: a finished
+row is parked (its compute continues, its output is ignored) and a newly prefilled row
+takes the parked slot later, so a step never copies the whole cache because one request
+ended or another began (a copy of a 64-row cache costs about as much as a decode step).
 """
 
 from __future__ import annotations
@@ -20,22 +27,24 @@ class KVCache:
     # Self-attention, one buffer per decoder layer: (batch, heads, capacity, head_dim).
     self_k: list[Tensor]
     self_v: list[Tensor]
-    # (batch, capacity) bool: slot holds a real key of that row (False = left padding).
-    self_valid: Tensor
-    # Slots filled so far; the same for every row.
-    length: int
     # Cross-attention, projected once per source: (batch, heads, src_len, head_dim).
     cross_k: list[Tensor]
     cross_v: list[Tensor]
     # (batch, src_len) bool: source position is a real token (False = right padding).
     src_valid: Tensor
-    # (batch,) long: decoder position of each row's next token.
+    # (batch,) long: tokens each row has decoded, = its next token's position and slot.
     positions: Tensor
-    # Whether any slot/source position is padding; lets attention skip the mask.
-    self_padded: bool = False
+    # Whether any source position is padding; lets cross-attention skip the mask.
     src_padded: bool = False
-    # Largest entry of `positions`, kept on the host so a step needs no device sync.
+    # Host-side copies, so a step needs no device sync: an upper bound of `positions`
+    # (exact after every row change) and whether all rows share one position.
     max_position: int = 0
+    aligned: bool = True
+    # (batch,) bool: parked rows (see `free`), or None when there are none.
+    parked: Tensor | None = None
+    # Per step (begin_step): the self-attention mask, and arange(batch) for slot writes.
+    _mask: Tensor | None = None
+    _rows: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -43,138 +52,177 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return int(self.self_valid.shape[1])
+        return int(self.self_k[0].shape[2])
 
-    def self_mask(self, upto: int) -> Tensor | None:
-        """(batch, 1, 1, upto) attention mask over slots, or None when nothing is padded."""
-        if not self.self_padded:
-            return None
-        return self.self_valid[:, None, None, :upto]
+    @property
+    def span(self) -> int:
+        """Slots this step's attention reads: up to the furthest row's new slot."""
+        return self.max_position + 1
+
+    def self_mask(self) -> Tensor | None:
+        """(batch, 1, 1, span) mask of the slots each row may attend to this step, or
+        None when every row is at the same position (every slot read is the row's own)."""
+        return self._mask
 
     def cross_mask(self) -> Tensor | None:
         if not self.src_padded:
             return None
         return self.src_valid[:, None, None, :]
 
-    def reserve(self, slots: int = 1) -> None:
-        """Make room for `slots` more steps, doubling capacity so growth is amortised."""
-        need = self.length + slots
-        if need <= self.capacity:
+    def _reserve(self, slots: int) -> None:
+        """At least `slots` slots per row, doubling so growth is amortised."""
+        if slots <= self.capacity:
             return
-        new_cap = max(need, 2 * self.capacity)
-        extra = new_cap - self.capacity
+        extra = max(slots, 2 * self.capacity) - self.capacity
         b, h, _, d = self.self_k[0].shape
-        like = self.self_k[0]
-        pad = like.new_zeros(b, h, extra, d)
+        pad = self.self_k[0].new_zeros(b, h, extra, d)
         self.self_k = [torch.cat([k, pad], dim=2) for k in self.self_k]
         self.self_v = [torch.cat([v, pad], dim=2) for v in self.self_v]
-        self.self_valid = torch.cat(
-            [self.self_valid, self.self_valid.new_zeros(b, extra)], dim=1
-        )
 
-    def begin_step(self) -> int:
-        """Claim the next slot for every row; layers write their keys/values there."""
-        self.reserve(1)
-        self.self_valid[:, self.length] = True
-        return self.length
+    def begin_step(self) -> None:
+        """Make room for every row's next slot and build this step's mask."""
+        self._reserve(self.span)
+        if self.aligned:
+            self._mask = None
+        else:
+            slots = torch.arange(self.span, device=self.positions.device)
+            self._mask = (slots[None, :] <= self.positions[:, None])[:, None, None, :]
+            if self._rows is None or self._rows.shape[0] != self.batch_size:
+                self._rows = torch.arange(self.batch_size, device=self.positions.device)
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this step's (batch, heads, 1, head_dim) key/value of `layer` at each
+        row's slot; returns the keys/values attention reads (slots < span)."""
+        keys, values = self.self_k[layer], self.self_v[layer]
+        if self.aligned:
+            p = self.max_position
+            keys[:, :, p : p + 1] = k
+            values[:, :, p : p + 1] = v
+        else:
+            keys[self._rows, :, self.positions] = k[:, :, 0]
+            values[self._rows, :, self.positions] = v[:, :, 0]
+        return keys[:, :, : self.span], values[:, :, : self.span]
 
     def end_step(self) -> None:
-        self.length += 1
         self.positions += 1
         self.max_position += 1
+        if self.parked is not None:
+            self.positions.masked_fill_(self.parked, 0)
+
+    def _sync(self) -> None:
+        """Recompute the host-side bounds from `positions` (one device read)."""
+        if not self.batch_size:
+            self.max_position, self.aligned = 0, True
+            return
+        lo, hi = (int(x) for x in torch.aminmax(self.positions))
+        self.max_position, self.aligned = hi, lo == hi
+
+    # -- new caches --------------------------------------------------------------------
 
     def select(self, index: Tensor) -> KVCache:
-        """Rows `index` (reordered, dropped or repeated) as a new cache."""
-        valid = self.self_valid.index_select(0, index)
-        src_valid = self.src_valid.index_select(0, index)
-        positions = self.positions.index_select(0, index)
+        """Rows `index` (reordered, dropped or repeated) as a new cache; source
+        positions that no selected row uses are trimmed away."""
         cache = KVCache(
             self_k=[k.index_select(0, index) for k in self.self_k],
             self_v=[v.index_select(0, index) for v in self.self_v],
-            self_valid=valid,
-            length=self.length,
             cross_k=[k.index_select(0, index) for k in self.cross_k],
             cross_v=[v.index_select(0, index) for v in self.cross_v],
-            src_valid=src_valid,
-            positions=positions,
-            self_padded=self.self_padded,
+            src_valid=self.src_valid.index_select(0, index),
+            positions=self.positions.index_select(0, index),
             src_padded=self.src_padded,
-            max_position=int(positions.max()) if positions.numel() else 0,
+            parked=None if self.parked is None else self.parked.index_select(0, index),
         )
-        cache.compact()
+        if cache.parked is not None and not bool(cache.parked.any()):
+            cache.parked = None
+        cache._sync()
+        cache._trim_source()
         return cache
 
-    def compact(self) -> None:
-        """Drop leading slots and trailing source positions that no row uses any more."""
-        if self.batch_size == 0:
+    def _trim_source(self) -> None:
+        if not (self.src_padded and self.batch_size):
             return
-        if self.self_padded and self.length:
-            used = self.self_valid[:, : self.length].any(dim=0)
-            first = int(used.to(torch.int8).argmax()) if bool(used.any()) else self.length
-            if first:
-                self.self_k = [k[:, :, first:].contiguous() for k in self.self_k]
-                self.self_v = [v[:, :, first:].contiguous() for v in self.self_v]
-                self.self_valid = self.self_valid[:, first:].contiguous()
-                self.length -= first
-            self.self_padded = not bool(self.self_valid[:, : self.length].all())
-        if self.src_padded:
-            used_src = self.src_valid.any(dim=0)
-            src_len = int(used_src.nonzero().max()) + 1
-            if src_len < self.src_valid.shape[1]:
-                self.cross_k = [k[:, :, :src_len].contiguous() for k in self.cross_k]
-                self.cross_v = [v[:, :, :src_len].contiguous() for v in self.cross_v]
-                self.src_valid = self.src_valid[:, :src_len].contiguous()
-            self.src_padded = not bool(self.src_valid.all())
+        src_len = int(self.src_valid.any(dim=0).nonzero().max()) + 1
+        if src_len < self.src_valid.shape[1]:
+            self.cross_k = [k[:, :, :src_len].contiguous() for k in self.cross_k]
+            self.cross_v = [v[:, :, :src_len].contiguous() for v in self.cross_v]
+            self.src_valid = self.src_valid[:, :src_len].contiguous()
+        self.src_padded = not bool(self.src_valid.all())
 
     @staticmethod
     def concat(caches: list[KVCache]) -> KVCache:
-        """Join the rows of several caches: self slots left-padded, sources right-padded."""
+        """Join the rows of several caches (slots and sources right-padded)."""
         caches = [c for c in caches if c.batch_size]
         if not caches:
             raise ValueError("concat needs at least one non-empty cache")
         if len(caches) == 1:
             return caches[0]
-        length = max(c.length for c in caches)
-        capacity = max(max(c.capacity for c in caches), length + 1)
+        capacity = max(c.capacity for c in caches)
         src_len = max(c.src_valid.shape[1] for c in caches)
-        n_layers = len(caches[0].self_k)
-
-        def pad_self(c: KVCache, t: Tensor) -> Tensor:
-            # (b, h, cap, d) -> (b, h, capacity, d) with the filled slots ending at `length`.
-            b, h, _, d = t.shape
-            out = t.new_zeros(b, h, capacity, d)
-            out[:, :, length - c.length : length] = t[:, :, : c.length]
-            return out
-
-        def pad_src(t: Tensor) -> Tensor:
-            # (b, h, s, d) -> (b, h, src_len, d), right padding.
-            extra = src_len - t.shape[2]
-            if not extra:
-                return t
-            return torch.cat([t, t.new_zeros(t.shape[0], t.shape[1], extra, t.shape[3])], 2)
-
-        valid = []
-        src_valid = []
-        for c in caches:
-            v = c.self_valid.new_zeros(c.batch_size, capacity)
-            v[:, length - c.length : length] = c.self_valid[:, : c.length]
-            valid.append(v)
-            sv = c.src_valid
-            if sv.shape[1] < src_len:
-                sv = torch.cat([sv, sv.new_zeros(sv.shape[0], src_len - sv.shape[1])], 1)
-            src_valid.append(sv)
-        all_valid = torch.cat(valid)
-        all_src_valid = torch.cat(src_valid)
-        return KVCache(
-            self_k=[torch.cat([pad_self(c, c.self_k[i]) for c in caches]) for i in range(n_layers)],
-            self_v=[torch.cat([pad_self(c, c.self_v[i]) for c in caches]) for i in range(n_layers)],
-            self_valid=all_valid,
-            length=length,
-            cross_k=[torch.cat([pad_src(c.cross_k[i]) for c in caches]) for i in range(n_layers)],
-            cross_v=[torch.cat([pad_src(c.cross_v[i]) for c in caches]) for i in range(n_layers)],
-            src_valid=all_src_valid,
+        parked = None
+        if any(c.parked is not None for c in caches):
+            parked = torch.cat([c.parked if c.parked is not None
+                                else c.positions.new_zeros(c.batch_size, dtype=torch.bool)
+                                for c in caches])
+        cache = KVCache(
+            self_k=[torch.cat([_pad(c.self_k[i], 2, capacity) for c in caches])
+                    for i in range(len(caches[0].self_k))],
+            self_v=[torch.cat([_pad(c.self_v[i], 2, capacity) for c in caches])
+                    for i in range(len(caches[0].self_v))],
+            cross_k=[torch.cat([_pad(c.cross_k[i], 2, src_len) for c in caches])
+                     for i in range(len(caches[0].cross_k))],
+            cross_v=[torch.cat([_pad(c.cross_v[i], 2, src_len) for c in caches])
+                     for i in range(len(caches[0].cross_v))],
+            src_valid=torch.cat([_pad(c.src_valid, 1, src_len) for c in caches]),
             positions=torch.cat([c.positions for c in caches]),
-            self_padded=not bool(all_valid[:, :length].all()),
-            src_padded=not bool(all_src_valid.all()),
-            max_position=max(c.max_position for c in caches),
+            parked=parked,
         )
+        cache.src_padded = not bool(cache.src_valid.all())
+        cache._sync()
+        return cache
+
+    # -- rows in place (serving) -------------------------------------------------------
+
+    def free(self, rows: list[int]) -> None:
+        """Park `rows`: they keep being computed (at position 0, on stale but finite
+        values) until `fill` gives them to new sequences; callers ignore their output."""
+        idx = torch.tensor(rows, device=self.positions.device)
+        if self.parked is None:
+            self.parked = torch.zeros_like(self.positions, dtype=torch.bool)
+        self.parked[idx] = True
+        self.positions[idx] = 0
+        self._sync()
+
+    def fill(self, rows: list[int], new: KVCache) -> None:
+        """Put the rows of `new`, a freshly prefilled cache (nothing decoded yet), into
+        parked `rows`. Only their cross-attention keys/values are copied: a fresh row's
+        self-attention slots are written before they are read."""
+        if new.max_position:
+            raise ValueError("fill takes freshly prefilled rows only")
+        idx = torch.tensor(rows, device=self.positions.device)
+        src_len = new.src_valid.shape[1]
+        if src_len > self.src_valid.shape[1]:  # a longer source than any so far
+            self.cross_k = [_pad(k, 2, src_len) for k in self.cross_k]
+            self.cross_v = [_pad(v, 2, src_len) for v in self.cross_v]
+            self.src_valid = _pad(self.src_valid, 1, src_len)
+        width = self.src_valid.shape[1]
+        for mine, theirs in zip(self.cross_k + self.cross_v, new.cross_k + new.cross_v,
+                                strict=True):
+            mine.index_copy_(0, idx, _pad(theirs, 2, width))
+        self.src_valid.index_copy_(0, idx, _pad(new.src_valid, 1, width))
+        self.src_padded = self.src_padded or width > src_len or new.src_padded
+        self.positions[idx] = 0
+        assert self.parked is not None
+        self.parked[idx] = False
+        if not bool(self.parked.any()):
+            self.parked = None
+        self._sync()
+
+
+def _pad(t: Tensor, dim: int, size: int) -> Tensor:
+    """`t` zero-padded at the end of `dim` to `size` (False for bool tensors)."""
+    extra = size - t.shape[dim]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)

@@ -95,21 +95,17 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(packing.pack(merge_heads(y)))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
-        """One new token per row: write its key/value at `slot`, attend to slots <= slot.
-        x: (batch, 1, d_model). With one position, (batch, 1, heads, head_dim) and
-        (batch, heads, 1, head_dim) share a memory order, so heads split and merge by
-        view alone: fewer ops per step, which is what batch-1 decoding pays for."""
+    def step(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
+        """One new token per row: write its key/value at the row's slot, attend to the
+        row's slots so far. x: (batch, 1, d_model). With one position, (batch, 1, heads,
+        head_dim) and (batch, heads, 1, head_dim) share a memory order, so heads split
+        and merge by view alone: fewer ops per step, which is what batch-1 decoding pays for."""
         b = x.shape[0]
         h = self.n_heads
         # (batch, 1, 3 * d_model) -> q, k, v each (batch, heads, 1, head_dim)
         q, k, v = self.qkv(x).view(b, 3, h, 1, -1).unbind(1)
-        keys, values = cache.self_k[layer], cache.self_v[layer]
-        keys[:, :, slot : slot + 1] = k
-        values[:, :, slot : slot + 1] = v
-        y = F.scaled_dot_product_attention(
-            q, keys[:, :, : slot + 1], values[:, :, : slot + 1], attn_mask=cache.self_mask(slot + 1)
-        )
+        keys, values = cache.write(layer, k, v)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.self_mask())
         return self.out(y.reshape(b, 1, -1))
 
 
@@ -193,9 +189,9 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.cross_attn(self.norm2(x), k, v, cross_mask))
         return x + self.dropout(self.ffn(self.norm3(x)))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, slot: int) -> Tensor:
+    def step(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
         """Incremental pass for one token per row. x: (batch, 1, d_model)."""
-        x = x + self.self_attn.step(self.norm1(x), cache, layer, slot)
+        x = x + self.self_attn.step(self.norm1(x), cache, layer)
         x = x + self.cross_attn.step(
             self.norm2(x), cache.cross_k[layer], cache.cross_v[layer], cache.cross_mask()
         )

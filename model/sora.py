@@ -134,8 +134,6 @@ class Sora(nn.Module):
         return KVCache(
             self_k=[zeros.clone() for _ in self.decoder_layers],
             self_v=[zeros.clone() for _ in self.decoder_layers],
-            self_valid=torch.zeros(b, capacity, dtype=torch.bool, device=memory.device),
-            length=0,
             cross_k=cross_k,
             cross_v=cross_v,
             src_valid=src_valid,
@@ -154,10 +152,10 @@ class Sora(nn.Module):
             raise ValueError(
                 f"target longer than max_target_positions ({self.config.max_target_positions})"
             )
-        slot = cache.begin_step()
+        cache.begin_step()
         x = self._embed(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
         for i, layer in enumerate(self.decoder_layers):
-            x = cast(DecoderLayer, layer).step(x, cache, i, slot)
+            x = cast(DecoderLayer, layer).step(x, cache, i)
         cache.end_step()
         return self.output_logits(self.decoder_norm(x[:, 0]))
 

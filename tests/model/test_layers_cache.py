@@ -55,7 +55,7 @@ def test_incremental_equals_full_recomputation(tiny_model: Sora, lengths: list[i
     full = model(src, tgt).logits  # (batch, 12, vocab)
     cache = model.prefill(src, capacity=5)
     steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(12)], dim=1)
-    assert cache.length == 12 and cache.capacity >= 12
+    assert cache.positions.tolist() == [12] * len(lengths) and cache.capacity >= 12
     torch.testing.assert_close(steps, full, atol=ATOL, rtol=0)
 
 
@@ -111,8 +111,8 @@ def test_solo_equals_padded_batch(tiny_model: Sora) -> None:
 
 @torch.inference_mode()
 def test_select_and_concat_mid_generation(tiny_model: Sora) -> None:
-    """Rows A, B decode 3 steps; a freshly prefilled C joins (left-padded self slots,
-    right-padded source); later A is dropped. Each row keeps matching its solo run."""
+    """Rows A, B decode 3 steps; a freshly prefilled C joins (its own slots from 0, its
+    source right-padded); later A is dropped. Each row keeps matching its solo run."""
     model = tiny_model
     a, b, c = sources(model, [6, 25, 14], seed=3)
     expect = {name: solo(model, s, 9) for name, s in (("a", a), ("b", b), ("c", c))}
@@ -127,8 +127,8 @@ def test_select_and_concat_mid_generation(tiny_model: Sora) -> None:
 
     cc = model.prefill(src_tensor(model, [c]), capacity=4)
     abc = KVCache.concat([ab, cc])
-    assert abc.batch_size == 3 and abc.self_padded and abc.src_padded
-    assert abc.positions.tolist() == [3, 3, 0]
+    assert abc.batch_size == 3 and abc.src_padded and not abc.aligned
+    assert abc.positions.tolist() == [3, 3, 0] and abc.max_position == 3
     tokens = torch.cat([tokens, torch.tensor([bos])])
     for step, logits in enumerate(greedy_logits(model, abc, tokens, 3)):
         torch.testing.assert_close(logits[0], expect["a"][3 + step], atol=ATOL, rtol=0)
@@ -146,19 +146,69 @@ def test_select_and_concat_mid_generation(tiny_model: Sora) -> None:
 
 
 @torch.inference_mode()
-def test_compact_drops_unused_slots_and_source(tiny_model: Sora) -> None:
+def test_select_trims_unused_source(tiny_model: Sora) -> None:
     model = tiny_model
     long, short = sources(model, [30, 5], seed=4)
     old = model.prefill(src_tensor(model, [long]))
     greedy_logits(model, old, torch.tensor([model.config.bos_id]), 4)
     both = KVCache.concat([old, model.prefill(src_tensor(model, [short]))])
     greedy_logits(model, both, torch.tensor([5, model.config.bos_id]), 1)
-    assert both.length == 5 and both.src_valid.shape[1] == 30
+    assert both.positions.tolist() == [5, 1] and both.src_valid.shape[1] == 30
     only_new = both.select(torch.tensor([1]))
-    # The new row's first 4 slots were padding: they go, as do 25 source positions.
-    assert only_new.length == 1 and not only_new.self_padded
+    # The new row's 25 source positions of padding go; its slots stay its own.
+    assert only_new.max_position == 1 and only_new.aligned
     assert only_new.src_valid.shape[1] == 5 and not only_new.src_padded
     assert only_new.cross_k[0].shape[2] == 5
+
+
+@torch.inference_mode()
+def test_free_and_fill_in_place(tiny_model: Sora) -> None:
+    """A, B, C decode; B finishes and is parked (computed on, ignored); a fresh D with a
+    longer source takes B's row without copying A's or C's slots. A, C and D each keep
+    matching their solo runs, and the parked row never turns the batch non-finite."""
+    model = tiny_model
+    a, b, c, d = sources(model, [6, 25, 14, 40], seed=5)
+    expect = {name: solo(model, s, 12) for name, s in (("a", a), ("c", c), ("d", d))}
+    bos = model.config.bos_id
+
+    cache = model.prefill(src_tensor(model, [a, b, c]), capacity=4)
+    tokens = torch.full((3,), bos)
+    for logits in greedy_logits(model, cache, tokens, 3):
+        tokens = logits.argmax(-1)
+    keys_a = cache.self_k[0][0].clone()
+    cache.free([1])
+    assert cache.parked is not None and cache.parked.tolist() == [False, True, False]
+    assert cache.positions.tolist() == [3, 0, 3] and cache.max_position == 3
+    for step, logits in enumerate(greedy_logits(model, cache, tokens, 2)):
+        assert bool(logits.isfinite().all())
+        torch.testing.assert_close(logits[0], expect["a"][3 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[2], expect["c"][3 + step], atol=ATOL, rtol=0)
+        tokens = logits.argmax(-1)
+    assert cache.positions.tolist() == [5, 0, 5]  # the parked row stays at 0
+
+    self_k_before = cache.self_k[0]
+    cache.fill([1], model.prefill(src_tensor(model, [d])))
+    assert cache.parked is None and cache.src_valid.shape[1] == 40
+    assert cache.self_k[0] is self_k_before  # self slots untouched, not copied
+    torch.testing.assert_close(cache.self_k[0][0, :, :3], keys_a[:, :3])
+    tokens[1] = bos
+    for step, logits in enumerate(greedy_logits(model, cache, tokens, 7)):
+        torch.testing.assert_close(logits[0], expect["a"][5 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[1], expect["d"][step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[2], expect["c"][5 + step], atol=ATOL, rtol=0)
+        tokens = logits.argmax(-1)
+
+
+def test_fill_takes_fresh_rows_only(tiny_model: Sora) -> None:
+    with torch.inference_mode():
+        model = tiny_model
+        cache = model.prefill(src_tensor(model, sources(model, [4, 5])))
+        greedy_logits(model, cache, torch.full((2,), model.config.bos_id), 1)
+        cache.free([0])
+        used = model.prefill(src_tensor(model, sources(model, [6])))
+        greedy_logits(model, used, torch.tensor([model.config.bos_id]), 1)
+        with pytest.raises(ValueError, match="freshly prefilled"):
+            cache.fill([0], used)
 
 
 def test_concat_rejects_empty(tiny_model: Sora) -> None:
