@@ -91,6 +91,9 @@ class SamplingBatch:
     any_logprob: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        self._flags()
+
+    def _flags(self) -> None:
         self.any_sample = bool(self.do_sample.any())
         self.any_eos_rule = bool(self.ignore_eos.any() or (self.min_new_tokens > 0).any())
         self.any_no_repeat = any(self.no_repeat)
@@ -132,6 +135,33 @@ class SamplingBatch:
             generators=[self.generators[i] for i in rows],
             return_logprob=[self.return_logprob[i] for i in rows],
         )
+
+    def park(self, rows: list[int]) -> None:
+        """Plain greedy settings for rows whose request ended (a serving engine keeps
+        computing them until it reuses them): they no longer switch on sampling, eos
+        rules, n-gram blocking or log-probabilities for the whole batch."""
+        idx = torch.tensor(rows, device=self.temperature.device)
+        self.do_sample[idx] = False
+        self.ignore_eos[idx] = False
+        self.min_new_tokens[idx] = 0
+        for row in rows:
+            self.no_repeat[row] = 0
+            self.generators[row] = None
+            self.return_logprob[row] = False
+        self._flags()
+
+    def fill(self, rows: list[int], new: SamplingBatch) -> None:
+        """Give rows `rows` the settings of `new`'s rows, in place (a serving engine
+        reusing the rows of ended requests)."""
+        idx = torch.tensor(rows, device=self.temperature.device)
+        for name in ("temperature", "top_k", "top_p", "do_sample", "min_new_tokens",
+                     "max_new_tokens", "ignore_eos"):
+            getattr(self, name).index_copy_(0, idx, getattr(new, name))
+        for i, row in enumerate(rows):
+            self.no_repeat[row] = new.no_repeat[i]
+            self.generators[row] = new.generators[i]
+            self.return_logprob[row] = new.return_logprob[i]
+        self._flags()
 
     @staticmethod
     def concat(batches: list[SamplingBatch]) -> SamplingBatch:

@@ -1,8 +1,11 @@
 """The running batch: every row being decoded, with its cache and decoding state.
 
-Rows are grouped by sequence (a beam of k is k consecutive rows). `filter` drops the
-rows of finished or cancelled sequences and `concat` appends newly admitted ones;
-both keep every per-row tensor aligned with the cache.
+Rows are grouped by sequence (a beam of k is k consecutive rows). When sequences end,
+`retire` parks their rows in place (see `KVCache.free`) and `admit` gives parked rows
+to newly prefilled sequences, appending only what does not fit: under a steady stream
+of requests the cache is not copied when one ends or another begins. Once half the
+rows are parked, `retire` compacts the batch instead, so a batch that empties out stops
+computing rows nobody uses. Every per-row tensor stays aligned with the cache.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from service.engine.request import Sequence
 
 @dataclass
 class RunningBatch:
-    # Row -> owning sequence (a beam sequence appears on beam_size consecutive rows).
-    seqs: list[Sequence]
+    # Row -> owning sequence (a beam sequence appears on beam_size consecutive rows), or
+    # None for a parked row (its sequence ended; the row awaits a newcomer).
+    seqs: list[Sequence | None]
     # Decoder state: self/cross attention keys and values, per-row positions.
     cache: KVCache
     # Per-row decoding settings (temperature, top-k/p, min/max length, eos handling).
@@ -36,13 +40,24 @@ class RunningBatch:
 
     @property
     def size(self) -> int:
+        """Rows computed per step, parked ones included."""
         return len(self.seqs)
 
+    @property
+    def live(self) -> int:
+        """Rows of running sequences."""
+        return self.size - self.seqs.count(None)
+
+    @property
+    def parked(self) -> Tensor | None:
+        """(rows,) bool: parked rows, or None when there are none."""
+        return self.cache.parked
+
     def unique_seqs(self) -> list[Sequence]:
-        """Each sequence once, in row order."""
+        """Each running sequence once, in row order."""
         out: list[Sequence] = []
         for s in self.seqs:
-            if not out or out[-1] is not s:
+            if s is not None and (not out or out[-1] is not s):
                 out.append(s)
         return out
 
@@ -52,21 +67,39 @@ class RunningBatch:
         if self._watched is None:
             self._watched = [
                 (i, s) for i, s in enumerate(self.seqs)
-                if (s.detok is not None or s.beam is not None)
+                if s is not None and (s.detok is not None or s.beam is not None)
                 and (i == 0 or self.seqs[i - 1] is not s)
             ]
         return self._watched
 
     def reserved_tokens(self) -> int:
-        """Worst-case tokens of every row; the rows only change in a new batch object
-        (filter/concat), so this is summed once, not at every step's admission check."""
+        """Worst-case tokens of every running sequence; summed once per change of rows
+        (retire/admit/filter/concat), not at every step's admission check."""
         if self._reserved is None:
             self._reserved = sum(s.reserved_tokens for s in self.unique_seqs())
         return self._reserved
 
-    def filter(self, keep: Tensor) -> RunningBatch:
-        """Rows `keep` (sorted row indices) as a new batch."""
-        rows = keep.tolist()
+    @torch.inference_mode()  # the tensors come from inference mode (the runner's)
+    def retire(self, rows: list[int]) -> RunningBatch | None:
+        """The batch without `rows` (their sequences ended): parked in place, or a
+        compacted copy once at most half the rows would be live; None if none would."""
+        gone = set(rows)
+        keep = [i for i, s in enumerate(self.seqs) if s is not None and i not in gone]
+        if not keep:
+            return None
+        if 2 * len(keep) <= self.size:
+            return self.filter(keep)
+        for i in rows:
+            self.seqs[i] = None
+        self.cache.free(rows)
+        self.sampling.park(rows)
+        self.n_generated[rows] = 0
+        self._watched = self._reserved = None
+        return self
+
+    def filter(self, rows: list[int]) -> RunningBatch:
+        """Rows `rows` (sorted row indices) as a new batch."""
+        keep = torch.tensor(rows, device=self.tokens.device)
         return RunningBatch(
             seqs=[self.seqs[i] for i in rows],
             cache=self.cache.select(keep),
@@ -84,23 +117,58 @@ class RunningBatch:
         self.n_generated = self.n_generated[index]
         self.logprob = self.logprob[index]
 
+    def step_done(self) -> None:
+        """After a decode step: parked rows stay at zero tokens generated."""
+        if self.parked is not None:
+            self.n_generated.masked_fill_(self.parked, 0)
+
+    @torch.inference_mode()
+    def admit(self, new: RunningBatch) -> RunningBatch:
+        """This batch with the freshly prefilled rows of `new`: single-row sequences
+        take parked rows, in place; beams (k consecutive rows) and the rest append."""
+        holes = [i for i, s in enumerate(self.seqs) if s is None]
+        singles = [i for i, s in enumerate(new.seqs) if s is not None and s.rows == 1]
+        n = min(len(holes), len(singles))
+        if not n:
+            return RunningBatch.concat([self, new])
+        rows, taken = holes[:n], singles[:n]
+        width = max(self.generated.shape[1], new.generated.shape[1])
+        self.generated = _widen(self.generated, width)
+        idx = torch.tensor(rows, device=self.tokens.device)
+        src = torch.tensor(taken, device=self.tokens.device)
+        fresh = new if n == new.size else new.filter(taken)
+        self.cache.fill(rows, fresh.cache)
+        self.sampling.fill(rows, fresh.sampling)
+        self.tokens.index_copy_(0, idx, new.tokens[src])
+        self.generated.index_copy_(0, idx, _widen(new.generated[src], width))
+        self.n_generated.index_copy_(0, idx, new.n_generated[src])
+        self.logprob.index_copy_(0, idx, new.logprob[src])
+        for row, i in zip(rows, taken, strict=True):
+            self.seqs[row] = new.seqs[i]
+        self._watched = self._reserved = None
+        if n == new.size:
+            return self
+        rest = [i for i in range(new.size) if i not in set(taken)]
+        return RunningBatch.concat([self, new.filter(rest)])
+
     @staticmethod
     def concat(batches: list[RunningBatch]) -> RunningBatch:
         if len(batches) == 1:
             return batches[0]
         width = max(b.generated.shape[1] for b in batches)
-
-        def widen(t: Tensor) -> Tensor:
-            if t.shape[1] == width:
-                return t
-            return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1])], dim=1)
-
         return RunningBatch(
             seqs=[s for b in batches for s in b.seqs],
             cache=KVCache.concat([b.cache for b in batches]),
             sampling=SamplingBatch.concat([b.sampling for b in batches]),
             tokens=torch.cat([b.tokens for b in batches]),
-            generated=torch.cat([widen(b.generated) for b in batches]),
+            generated=torch.cat([_widen(b.generated, width) for b in batches]),
             n_generated=torch.cat([b.n_generated for b in batches]),
             logprob=torch.cat([b.logprob for b in batches]),
         )
+
+
+def _widen(t: Tensor, width: int) -> Tensor:
+    """(rows, w) -> (rows, width) with zeros on the right."""
+    if t.shape[1] >= width:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1])], dim=1)

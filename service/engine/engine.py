@@ -166,9 +166,9 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Rows in the running batch right now (a beam of k counts k)."""
+        """Rows of running sequences right now (a beam of k counts k)."""
         batch = self._batch
-        return batch.size if batch is not None else 0
+        return batch.live if batch is not None else 0
 
     @property
     def waiting(self) -> int:
@@ -283,7 +283,7 @@ class Engine:
 
     def _schedule(self) -> list[Sequence]:
         batch = self._batch
-        rows = batch.size if batch else 0
+        rows = batch.live if batch else 0
         tokens = batch.reserved_tokens() if batch else 0
         return self.scheduler.admit(rows, tokens, self._admit_cap)
 
@@ -324,16 +324,17 @@ class Engine:
             seq.status = Status.RUNNING
             seq.first_scheduled = started
         self._fresh.extend(seqs)
-        self._batch = new if self._batch is None else RunningBatch.concat([self._batch, new])
+        self._batch = new if self._batch is None else self._batch.admit(new)
         self._emit(StepStats(
             self.name, "prefill", time.perf_counter() - t0, new.size,
-            sum(len(s.source_ids) for s in seqs), self._batch.size, len(self.scheduler),
+            sum(len(s.source_ids) for s in seqs), self._batch.live, len(self.scheduler),
         ))
 
     def _decode(self) -> None:
         batch = self._batch
         assert batch is not None
         t0 = time.perf_counter()
+        live = batch.live  # rows of this step's sequences (retiring changes the batch)
         try:
             out = self.runner.step(batch)
         except torch.cuda.OutOfMemoryError:
@@ -376,7 +377,7 @@ class Engine:
             logprobs = batch.logprob[idx].tolist()
             for j, row in enumerate(done_rows):
                 seq = batch.seqs[row]
-                if id(seq) in finished:
+                if seq is None or id(seq) in finished:  # parked rows are never done
                     continue
                 finished.add(id(seq))
                 if row in bad_rows:
@@ -391,18 +392,16 @@ class Engine:
         if finished:
             self._retire(finished)
         self._emit(StepStats(
-            self.name, "decode", time.perf_counter() - t0, batch.size, batch.size,
-            self._batch.size if self._batch else 0, len(self.scheduler),
+            self.name, "decode", time.perf_counter() - t0, live, live,
+            self._batch.live if self._batch else 0, len(self.scheduler),
         ))
 
     def _retire(self, seq_ids: set[int]) -> None:
         batch = self._batch
         assert batch is not None
-        keep = [i for i, s in enumerate(batch.seqs) if id(s) not in seq_ids]
-        if not keep:
-            self._batch = None
-        elif len(keep) < batch.size:
-            self._batch = batch.filter(torch.tensor(keep, device=batch.tokens.device))
+        rows = [i for i, s in enumerate(batch.seqs) if s is not None and id(s) in seq_ids]
+        if rows:
+            self._batch = batch.retire(rows)
 
     def _fail_batch(self, error: EngineError) -> None:
         if self._batch is None:

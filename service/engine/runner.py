@@ -38,7 +38,7 @@ class ModelRunner:
         src = pad_batch([s.source_ids for s in seqs], cfg.pad_id, self.device)
         width = max(s.params.max_new_tokens for s in seqs)
         cache = self.model.prefill(src, capacity=min(width, 64))
-        row_seqs = [s for s in seqs for _ in range(s.rows)]
+        row_seqs: list[Sequence | None] = [s for s in seqs for _ in range(s.rows)]
         if len(row_seqs) != len(seqs):
             index = [i for i, s in enumerate(seqs) for _ in range(s.rows)]
             cache = cache.select(torch.tensor(index, device=self.device))
@@ -51,7 +51,8 @@ class ModelRunner:
         return RunningBatch(
             seqs=row_seqs,
             cache=cache,
-            sampling=SamplingBatch.from_params([s.params for s in row_seqs], self.device),
+            sampling=SamplingBatch.from_params([s.params for s in seqs for _ in range(s.rows)],
+                                               self.device),
             tokens=torch.full((n,), cfg.bos_id, dtype=torch.long, device=self.device),
             generated=torch.full((n, width), cfg.pad_id, dtype=torch.long, device=self.device),
             n_generated=torch.zeros(n, dtype=torch.long, device=self.device),
@@ -80,18 +81,21 @@ class ModelRunner:
         done = eos | (batch.n_generated >= batch.sampling.max_new_tokens)
         if beam_rows is not None:
             done &= ~beam_rows
+        if batch.parked is not None:  # computed on, never finished (see RunningBatch)
+            done &= ~batch.parked
+            bad &= ~batch.parked
+            batch.step_done()
         return StepOutput(tokens=tokens.tolist(), done=done, eos=eos, bad=bad)
 
     def _beam_step(self, batch: RunningBatch, logits: Tensor, tokens: Tensor) -> Tensor | None:
         """Advance every beam sequence; reorder rows to follow their parents. Returns a
         (rows,) mask of beam rows, or None when the batch has no beam sequence."""
-        starts = [i for i, s in batch.watched() if s.beam is not None]
+        starts = [(i, s) for i, s in batch.watched() if s.beam is not None]
         if not starts:
             return None
         index = torch.arange(batch.size, device=self.device)
         mask = torch.zeros(batch.size, dtype=torch.bool, device=self.device)
-        for g in starts:
-            seq = batch.seqs[g]
+        for g, seq in starts:
             assert seq.beam is not None
             k = seq.rows
             parents, next_tokens = seq.beam.step(logits[g : g + k].log_softmax(dim=-1))

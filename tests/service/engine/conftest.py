@@ -74,7 +74,7 @@ async def wait_until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 def running_jobs(engine: Engine) -> set[str]:
     batch = engine._batch
-    return {s.job.id for s in batch.seqs} if batch is not None else set()
+    return {s.job.id for s in batch.unique_seqs()} if batch is not None else set()
 
 
 class Recorder:

@@ -68,6 +68,32 @@ async def test_outputs_equal_solo_under_mixed_concurrent_load(engine: Engine) ->
     assert len(engine.scheduler) == 0
 
 
+async def test_ended_rows_are_reused_in_place(engine: Engine) -> None:
+    """A request that ends parks its row; the next newcomer takes that row without the
+    batch (or its cache) being rebuilt, and every output still equals its solo run."""
+    inp = TaskInput("translate", TEXTS[1], target_lang="de")
+    long = DecodingParams(max_new_tokens=40, ignore_eos=True)
+    short = DecodingParams(max_new_tokens=3, ignore_eos=True)
+    jobs = [engine.submit(inp, long) for _ in range(4)]
+    jobs.append(engine.submit(TaskInput("summarize", TEXTS[4]), short))
+    await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
+    batch = engine._batch
+    assert batch is not None and batch.size == 5 and batch.live == 4
+    self_k = batch.cache.self_k[0]
+
+    newcomer = (TaskInput("answer", TEXTS[9], context=TEXTS[3]),
+                DecodingParams(max_new_tokens=12))
+    jobs.append(engine.submit(*newcomer))
+    await wait_until(lambda: batch.parked is None)
+    assert engine._batch is batch and batch.size == 5 and batch.live == 5
+    assert batch.cache.self_k[0] is self_k  # filled in place, not concatenated
+
+    results = await asyncio.gather(*(j.result() for j in jobs))
+    expected = [(inp, long)] * 4 + [(TaskInput("summarize", TEXTS[4]), short), newcomer]
+    for i, (done, (task, params)) in enumerate(zip(results, expected, strict=True)):
+        assert_same(done, solo(engine, task, params), i)
+
+
 async def test_seeded_sampling_is_reproducible_and_seed_dependent(engine: Engine) -> None:
     inp = TaskInput("translate", TEXTS[2], target_lang="fr")
     params = DecodingParams(strategy="sample", max_new_tokens=30, ignore_eos=True, seed=7)

@@ -106,7 +106,7 @@ def patch_decode(engine: Engine, monkeypatch: pytest.MonkeyPatch, hook: Any) -> 
             return original(tokens, cache)
         batch = engine._batch
         assert batch is not None
-        batches.append({s.job.id for s in batch.seqs})
+        batches.append({s.job.id for s in batch.unique_seqs()})
         return hook(len(batches), original(tokens, cache), batch)
 
     monkeypatch.setattr(model, "decode_step", decode_step)
@@ -161,7 +161,7 @@ async def test_non_finite_logits_fail_only_their_row(
 
     def hook(call: int, logits: Any, batch: Any) -> Any:
         if call == 2:
-            rows = [i for i, s in enumerate(batch.seqs) if s.job is jobs[victim]]
+            rows = [i for i, s in enumerate(batch.seqs) if s is not None and s.job is jobs[victim]]
             logits[rows[-1]] = float("nan")
         return logits
 

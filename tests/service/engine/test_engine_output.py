@@ -69,7 +69,7 @@ def script_output(engine: Engine, monkeypatch: pytest.MonkeyPatch, job_ids: set[
         if threading.current_thread() is not engine._thread or batch is None:
             return logits
         for row, seq in enumerate(batch.seqs):
-            if seq.job.id in job_ids:
+            if seq is not None and seq.job.id in job_ids:
                 n = int(batch.n_generated[row])
                 logits[row] = -1e4
                 logits[row, target[n] if n < len(target) else eos] = 0.0
