@@ -125,18 +125,27 @@ class RunningBatch:
     @torch.inference_mode()
     def admit(self, new: RunningBatch) -> RunningBatch:
         """This batch with the freshly prefilled rows of `new`: single-row sequences
-        take parked rows, in place; beams (k consecutive rows) and the rest append."""
+        take parked rows, in place; beams (k consecutive rows) and the rest append.
+        Appending copies the batch anyway, so the rows still parked are dropped then:
+        the rows computed never exceed the live ones the scheduler admitted against."""
         holes = [i for i, s in enumerate(self.seqs) if s is None]
         singles = [i for i, s in enumerate(new.seqs) if s is not None and s.rows == 1]
-        n = min(len(holes), len(singles))
-        if not n:
-            return RunningBatch.concat([self, new])
-        rows, taken = holes[:n], singles[:n]
+        taken = singles[: len(holes)]
+        if taken:
+            self._fill(holes[: len(taken)], new, taken)
+            if len(taken) == new.size:
+                return self
+            new = new.filter([i for i in range(new.size) if i not in set(taken)])
+        live = [i for i, s in enumerate(self.seqs) if s is not None]
+        return RunningBatch.concat([self if len(live) == self.size else self.filter(live), new])
+
+    def _fill(self, rows: list[int], new: RunningBatch, taken: list[int]) -> None:
+        """Parked `rows` take rows `taken` of `new`, in place."""
         width = max(self.generated.shape[1], new.generated.shape[1])
         self.generated = _widen(self.generated, width)
         idx = torch.tensor(rows, device=self.tokens.device)
         src = torch.tensor(taken, device=self.tokens.device)
-        fresh = new if n == new.size else new.filter(taken)
+        fresh = new if len(taken) == new.size else new.filter(taken)
         self.cache.fill(rows, fresh.cache)
         self.sampling.fill(rows, fresh.sampling)
         self.tokens.index_copy_(0, idx, new.tokens[src])
@@ -146,10 +155,6 @@ class RunningBatch:
         for row, i in zip(rows, taken, strict=True):
             self.seqs[row] = new.seqs[i]
         self._watched = self._reserved = None
-        if n == new.size:
-            return self
-        rest = [i for i in range(new.size) if i not in set(taken)]
-        return RunningBatch.concat([self, new.filter(rest)])
 
     @staticmethod
     def concat(batches: list[RunningBatch]) -> RunningBatch:

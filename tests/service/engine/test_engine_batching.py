@@ -94,6 +94,25 @@ async def test_ended_rows_are_reused_in_place(engine: Engine) -> None:
         assert_same(done, solo(engine, task, params), i)
 
 
+async def test_a_beam_joining_drops_parked_rows(engine: Engine) -> None:
+    """A beam needs consecutive rows, so it is appended; the copy that appending makes
+    leaves parked rows out, and the batch never computes more rows than it runs."""
+    inp = TaskInput("translate", TEXTS[1], target_lang="de")
+    long = DecodingParams(max_new_tokens=40, ignore_eos=True)
+    jobs = [engine.submit(inp, long) for _ in range(4)]
+    jobs.append(engine.submit(inp, DecodingParams(max_new_tokens=3, ignore_eos=True)))
+    await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
+    beam = (TaskInput("summarize", TEXTS[4]), DecodingParams(strategy="beam", beam_size=3,
+                                                             max_new_tokens=10))
+    jobs.append(engine.submit(*beam))
+    await wait_until(lambda: engine.running == 7)
+    batch = engine._batch
+    assert batch is not None and batch.size == batch.live == 7 and batch.parked is None
+    results = await asyncio.gather(*(j.result() for j in jobs))
+    assert_same(results[-1], solo(engine, *beam))
+    assert_same(results[0], solo(engine, inp, long))
+
+
 async def test_seeded_sampling_is_reproducible_and_seed_dependent(engine: Engine) -> None:
     inp = TaskInput("translate", TEXTS[2], target_lang="fr")
     params = DecodingParams(strategy="sample", max_new_tokens=30, ignore_eos=True, seed=7)
