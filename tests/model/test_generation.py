@@ -212,6 +212,25 @@ def test_choose_logprob_is_the_log_softmax_of_the_token() -> None:
     torch.testing.assert_close(logprob, want.max(dim=-1).values, rtol=0, atol=1e-5)
 
 
+def test_sampling_batch_park_and_fill() -> None:
+    """A parked row stops switching on per-batch passes; filling it takes the newcomer's
+    settings, its own seeded generator included."""
+    cpu = torch.device("cpu")
+    batch = SamplingBatch.from_params([
+        DecodingParams(strategy="sample", seed=1, no_repeat_ngram_size=2, min_new_tokens=3),
+        DecodingParams(),
+    ], cpu)
+    assert batch.any_sample and batch.any_no_repeat and batch.any_eos_rule
+    batch.park([0])
+    assert not (batch.any_sample or batch.any_no_repeat or batch.any_eos_rule)
+    assert batch.generators == [None, None] and batch.any_logprob
+    new = SamplingBatch.from_params([DecodingParams(strategy="sample", seed=9, top_k=5,
+                                                    return_logprob=False)], cpu)
+    batch.fill([0], new)
+    assert batch.any_sample and batch.top_k.tolist() == [5, 0]
+    assert batch.generators[0] is new.generators[0] and batch.return_logprob == [False, True]
+
+
 def test_column_major_decoder_keeps_outputs(
     tiny_model: Sora, tiny_tokenizer: SoraTokenizer, tmp_path: Path
 ) -> None:
