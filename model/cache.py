@@ -138,11 +138,15 @@ class KVCache:
         cache._trim_source()
         return cache
 
-    def _trim_source(self) -> None:
+    def _trim_source(self, min_saving: float = 0.0) -> None:
+        """Drop trailing source positions no live row uses, if that saves more than
+        `min_saving` of them (parked rows keep their first, still valid, positions)."""
         if not (self.src_padded and self.batch_size):
             return
-        src_len = int(self.src_valid.any(dim=0).nonzero().max()) + 1
-        if src_len < self.src_valid.shape[1]:
+        valid = self.src_valid if self.parked is None else self.src_valid[~self.parked]
+        width = self.src_valid.shape[1]
+        src_len = int(valid.any(dim=0).nonzero().max()) + 1 if valid.shape[0] else width
+        if src_len < width * (1 - min_saving):
             self.cross_k = [k[:, :, :src_len].contiguous() for k in self.cross_k]
             self.cross_v = [v[:, :, :src_len].contiguous() for v in self.cross_v]
             self.src_valid = self.src_valid[:, :src_len].contiguous()
@@ -191,6 +195,9 @@ class KVCache:
         self.parked[idx] = True
         self.positions[idx] = 0
         self._sync()
+        # A long source gone: stop attending over its width, once that saves a quarter
+        # (a copy of the cross keys/values, so not for every token less).
+        self._trim_source(min_saving=0.25)
 
     def fill(self, rows: list[int], new: KVCache) -> None:
         """Put the rows of `new`, a freshly prefilled cache (nothing decoded yet), into
@@ -200,7 +207,8 @@ class KVCache:
             raise ValueError("fill takes freshly prefilled rows only")
         idx = torch.tensor(rows, device=self.positions.device)
         src_len = new.src_valid.shape[1]
-        if src_len > self.src_valid.shape[1]:  # a longer source than any so far
+        grew = src_len > self.src_valid.shape[1]
+        if grew:  # a longer source than any so far: every other row is padded now
             self.cross_k = [_pad(k, 2, src_len) for k in self.cross_k]
             self.cross_v = [_pad(v, 2, src_len) for v in self.cross_v]
             self.src_valid = _pad(self.src_valid, 1, src_len)
@@ -209,7 +217,7 @@ class KVCache:
                                 strict=True):
             mine.index_copy_(0, idx, _pad(theirs, 2, width))
         self.src_valid.index_copy_(0, idx, _pad(new.src_valid, 1, width))
-        self.src_padded = self.src_padded or width > src_len or new.src_padded
+        self.src_padded = self.src_padded or grew or width > src_len or new.src_padded
         self.positions[idx] = 0
         assert self.parked is not None
         self.parked[idx] = False

@@ -199,6 +199,47 @@ def test_free_and_fill_in_place(tiny_model: Sora) -> None:
         tokens = logits.argmax(-1)
 
 
+@torch.inference_mode()
+def test_fill_with_a_longer_source_pads_the_others(tiny_model: Sora) -> None:
+    """Rows of one source length need no cross mask; a newcomer with a longer source
+    makes theirs padded, and they must stay masked from then on."""
+    model = tiny_model
+    a, b, c = sources(model, [9, 9, 20], seed=6)
+    expect = {name: solo(model, s, 6) for name, s in (("a", a), ("c", c))}
+    cache = model.prefill(src_tensor(model, [a, b]))
+    assert not cache.src_padded
+    tokens = torch.full((2,), model.config.bos_id)
+    for logits in greedy_logits(model, cache, tokens, 2):
+        tokens = logits.argmax(-1)
+    cache.free([1])
+    cache.fill([1], model.prefill(src_tensor(model, [c])))
+    assert cache.src_padded and cache.src_valid.sum(1).tolist() == [9, 20]
+    tokens[1] = model.config.bos_id
+    for step, logits in enumerate(greedy_logits(model, cache, tokens, 4)):
+        torch.testing.assert_close(logits[0], expect["a"][2 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[1], expect["c"][step], atol=ATOL, rtol=0)
+        tokens = logits.argmax(-1)
+
+
+@torch.inference_mode()
+def test_free_trims_a_long_source_gone(tiny_model: Sora) -> None:
+    model = tiny_model
+    long, a, b = sources(model, [30, 5, 6], seed=7)
+    expect = {name: solo(model, s, 6) for name, s in (("a", a), ("b", b))}
+    cache = model.prefill(src_tensor(model, [long, a, b]))
+    tokens = torch.full((3,), model.config.bos_id)
+    for logits in greedy_logits(model, cache, tokens, 2):
+        tokens = logits.argmax(-1)
+    cache.free([0])
+    assert cache.src_valid.shape[1] == 6 and cache.cross_k[0].shape[2] == 6
+    assert bool(cache.src_valid[0, 0])  # the parked row still attends somewhere
+    for step, logits in enumerate(greedy_logits(model, cache, tokens, 4)):
+        assert bool(logits.isfinite().all())
+        torch.testing.assert_close(logits[1], expect["a"][2 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[2], expect["b"][2 + step], atol=ATOL, rtol=0)
+        tokens = logits.argmax(-1)
+
+
 def test_fill_takes_fresh_rows_only(tiny_model: Sora) -> None:
     with torch.inference_mode():
         model = tiny_model
