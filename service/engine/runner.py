@@ -38,7 +38,7 @@ class ModelRunner:
         src = pad_batch([s.source_ids for s in seqs], cfg.pad_id, self.device)
         width = max(s.params.max_new_tokens for s in seqs)
         cache = self.model.prefill(src, capacity=min(width, 64))
-        row_seqs: list[Sequence | None] = [s for s in seqs for _ in range(s.rows)]
+        row_seqs = [s for s in seqs for _ in range(s.rows)]
         if len(row_seqs) != len(seqs):
             index = [i for i, s in enumerate(seqs) for _ in range(s.rows)]
             cache = cache.select(torch.tensor(index, device=self.device))
@@ -49,10 +49,9 @@ class ModelRunner:
                 s.detok = IncrementalDetokenizer(self.tokenizer)
         n = len(row_seqs)
         return RunningBatch(
-            seqs=row_seqs,
+            seqs=list[Sequence | None](row_seqs),  # rows may be parked later
             cache=cache,
-            sampling=SamplingBatch.from_params([s.params for s in seqs for _ in range(s.rows)],
-                                               self.device),
+            sampling=SamplingBatch.from_params([s.params for s in row_seqs], self.device),
             tokens=torch.full((n,), cfg.bos_id, dtype=torch.long, device=self.device),
             generated=torch.full((n, width), cfg.pad_id, dtype=torch.long, device=self.device),
             n_generated=torch.zeros(n, dtype=torch.long, device=self.device),
