@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -44,17 +43,14 @@ from benchmarks.model_bench import (
     SHAPES,
     BenchResult,
     BenchShape,
-    NoText,
     build_model,
     format_table,
+    greedy_run,
     make_sources,
     parse_precisions,
     time_batches,
     with_precision,
 )
-from model.generation import generate
-from model.sampling import DecodingParams
-from model.tokenizer import SoraTokenizer
 
 # M2M100's special ids; plain tokens are "t<id>" so source ids map one to one.
 HF_BOS, HF_PAD, HF_EOS, HF_UNK = 0, 1, 2, 3
@@ -135,11 +131,7 @@ def ct2_run(model_dir: Path, threads: int, compute_type: str, new_tokens: int) -
 
 
 def sora_run(shape: BenchShape, precision: str, new_tokens: int) -> Run:
-    model = with_precision(build_model(shape), precision)
-    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                            ignore_eos=True, return_logprob=False)  # as return_scores=False
-    tokenizer = cast(SoraTokenizer, NoText())
-    return lambda chunk: generate(model, tokenizer, chunk, params)
+    return greedy_run(with_precision(build_model(shape), precision), new_tokens)
 
 
 def hf_run(model: object, new_tokens: int) -> Run:
@@ -165,12 +157,7 @@ def _worker(conn: Connection, make: Callable[[], Run], threads: int,
     torch.set_num_threads(threads)
     run = make()
     while (batch_size := conn.recv()) is not None:
-        chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
-        run(chunks[0])  # warm-up: allocator, kernels, lazy init
-        start = time.perf_counter()
-        for chunk in chunks:
-            run(chunk)
-        conn.send(time.perf_counter() - start)
+        conn.send(time_batches(run, sources, batch_size, repeats=1)[0])
 
 
 def time_interleaved(

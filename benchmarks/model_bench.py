@@ -113,7 +113,7 @@ def with_precision(model: Sora, precision: str) -> Sora:
     return copy.column_major_decoder()
 
 
-class NoText:
+class _NoText:
     """Stands in for the tokenizer: the benchmark times ids, not detokenization."""
 
     def decode_batch(self, batch: list[list[int]], skip_special: bool = True) -> list[str]:
@@ -138,6 +138,15 @@ def time_batches(
     return times
 
 
+def greedy_run(model: Sora, new_tokens: int) -> Callable[[list[list[int]]], object]:
+    """Greedy generation of exactly `new_tokens` per source for a chunk of sources, with
+    no sequence log-probability (as CTranslate2's return_scores=False and Hugging Face)."""
+    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            ignore_eos=True, return_logprob=False)
+    tokenizer = cast(SoraTokenizer, _NoText())
+    return lambda chunk: generate(model, tokenizer, chunk, params)
+
+
 def bench_sora(
     model: Sora,
     sources: list[list[int]],
@@ -146,14 +155,7 @@ def bench_sora(
     repeats: int = 3,
     name: str = "sora",
 ) -> list[BenchResult]:
-    # No sequence log-probability, as CTranslate2 (return_scores=False) and Hugging Face.
-    params = DecodingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                            ignore_eos=True, return_logprob=False)
-    tokenizer = cast(SoraTokenizer, NoText())
-
-    def run(chunk: list[list[int]]) -> object:
-        return generate(model, tokenizer, chunk, params)
-
+    run = greedy_run(model, new_tokens)
     return [
         BenchResult(name, bs, len(sources) * new_tokens, time_batches(run, sources, bs, repeats))
         for bs in batch_sizes

@@ -168,15 +168,15 @@ class KVCache:
                                 else c.positions.new_zeros(c.batch_size, dtype=torch.bool)
                                 for c in caches])
         cache = KVCache(
-            self_k=[torch.cat([_pad(c.self_k[i], 2, capacity) for c in caches])
+            self_k=[torch.cat([pad_to(c.self_k[i], 2, capacity) for c in caches])
                     for i in range(len(caches[0].self_k))],
-            self_v=[torch.cat([_pad(c.self_v[i], 2, capacity) for c in caches])
+            self_v=[torch.cat([pad_to(c.self_v[i], 2, capacity) for c in caches])
                     for i in range(len(caches[0].self_v))],
-            cross_k=[torch.cat([_pad(c.cross_k[i], 2, src_len) for c in caches])
+            cross_k=[torch.cat([pad_to(c.cross_k[i], 2, src_len) for c in caches])
                      for i in range(len(caches[0].cross_k))],
-            cross_v=[torch.cat([_pad(c.cross_v[i], 2, src_len) for c in caches])
+            cross_v=[torch.cat([pad_to(c.cross_v[i], 2, src_len) for c in caches])
                      for i in range(len(caches[0].cross_v))],
-            src_valid=torch.cat([_pad(c.src_valid, 1, src_len) for c in caches]),
+            src_valid=torch.cat([pad_to(c.src_valid, 1, src_len) for c in caches]),
             positions=torch.cat([c.positions for c in caches]),
             parked=parked,
         )
@@ -209,24 +209,23 @@ class KVCache:
         src_len = new.src_valid.shape[1]
         grew = src_len > self.src_valid.shape[1]
         if grew:  # a longer source than any so far: every other row is padded now
-            self.cross_k = [_pad(k, 2, src_len) for k in self.cross_k]
-            self.cross_v = [_pad(v, 2, src_len) for v in self.cross_v]
-            self.src_valid = _pad(self.src_valid, 1, src_len)
+            self.cross_k = [pad_to(k, 2, src_len) for k in self.cross_k]
+            self.cross_v = [pad_to(v, 2, src_len) for v in self.cross_v]
+            self.src_valid = pad_to(self.src_valid, 1, src_len)
         width = self.src_valid.shape[1]
         for mine, theirs in zip(self.cross_k + self.cross_v, new.cross_k + new.cross_v,
                                 strict=True):
-            mine.index_copy_(0, idx, _pad(theirs, 2, width))
-        self.src_valid.index_copy_(0, idx, _pad(new.src_valid, 1, width))
+            mine.index_copy_(0, idx, pad_to(theirs, 2, width))
+        self.src_valid.index_copy_(0, idx, pad_to(new.src_valid, 1, width))
         self.src_padded = self.src_padded or grew or width > src_len or new.src_padded
-        self.positions[idx] = 0
-        assert self.parked is not None
+        assert self.parked is not None  # parked rows sit at position 0 already
         self.parked[idx] = False
         if not bool(self.parked.any()):
             self.parked = None
         self._sync()
 
 
-def _pad(t: Tensor, dim: int, size: int) -> Tensor:
+def pad_to(t: Tensor, dim: int, size: int) -> Tensor:
     """`t` zero-padded at the end of `dim` to `size` (False for bool tensors)."""
     extra = size - t.shape[dim]
     if extra <= 0:

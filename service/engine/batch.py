@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from model.cache import KVCache
+from model.cache import KVCache, pad_to
 from model.sampling import SamplingBatch
 from service.engine.request import Sequence
 
@@ -142,14 +142,14 @@ class RunningBatch:
     def _fill(self, rows: list[int], new: RunningBatch, taken: list[int]) -> None:
         """Parked `rows` take rows `taken` of `new`, in place."""
         width = max(self.generated.shape[1], new.generated.shape[1])
-        self.generated = _widen(self.generated, width)
+        self.generated = pad_to(self.generated, 1, width)
         idx = torch.tensor(rows, device=self.tokens.device)
         src = torch.tensor(taken, device=self.tokens.device)
         fresh = new if len(taken) == new.size else new.filter(taken)
         self.cache.fill(rows, fresh.cache)
         self.sampling.fill(rows, fresh.sampling)
         self.tokens.index_copy_(0, idx, new.tokens[src])
-        self.generated.index_copy_(0, idx, _widen(new.generated[src], width))
+        self.generated.index_copy_(0, idx, pad_to(new.generated[src], 1, width))
         self.n_generated.index_copy_(0, idx, new.n_generated[src])
         self.logprob.index_copy_(0, idx, new.logprob[src])
         for row, i in zip(rows, taken, strict=True):
@@ -166,14 +166,8 @@ class RunningBatch:
             cache=KVCache.concat([b.cache for b in batches]),
             sampling=SamplingBatch.concat([b.sampling for b in batches]),
             tokens=torch.cat([b.tokens for b in batches]),
-            generated=torch.cat([_widen(b.generated, width) for b in batches]),
+            generated=torch.cat([pad_to(b.generated, 1, width) for b in batches]),
             n_generated=torch.cat([b.n_generated for b in batches]),
             logprob=torch.cat([b.logprob for b in batches]),
         )
 
-
-def _widen(t: Tensor, width: int) -> Tensor:
-    """(rows, w) -> (rows, width) with zeros on the right."""
-    if t.shape[1] >= width:
-        return t
-    return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1])], dim=1)

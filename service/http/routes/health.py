@@ -34,8 +34,8 @@ async def live(request: Request) -> JSONResponse | Health:
 async def ready(request: Request) -> JSONResponse | Health:
     if get_server_state(request).draining:
         reason = "server is shutting down"
-    elif get_registry(request).stopped():
-        reason = f"the engine of {', '.join(get_registry(request).stopped())} has stopped"
+    elif dead := get_registry(request).stopped():
+        reason = f"the engine of {', '.join(dead)} has stopped"
     elif not get_registry(request).ready:
         reason = "models are loading or warming up"
     else:
