@@ -18,7 +18,7 @@ from typing import cast
 import torch
 
 from model.config import SoraConfig
-from model.device import quantize_int8
+from model.device import prepare_for_inference
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.sora import Sora
@@ -85,9 +85,10 @@ def build_model(shape: BenchShape, seed: int = 0) -> Sora:
     return Sora(shape.config()).eval()
 
 
-# Precisions the CPU benchmarks compare: what `sora serve --dtype/--quantize-int8` runs,
-# and the engine name each one's results carry.
-PRECISIONS = {"float32": "sora", "bfloat16": "sora-bf16", "int8": "sora-int8"}
+# Precisions the CPU benchmarks compare: what `sora serve --dtype/--quantize-int8/--compile`
+# runs, and the engine name each one's results carry.
+PRECISIONS = {"float32": "sora", "float32-compiled": "sora-compiled", "bfloat16": "sora-bf16",
+              "int8": "sora-int8"}
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -100,17 +101,18 @@ def parse_precisions(text: str) -> list[str]:
 
 def with_precision(model: Sora, precision: str) -> Sora:
     """A copy of `model` in `precision`, laid out as the engine serves it: float32
-    (decoder weights column-major), bfloat16 (fast where the CPU has AMX / AVX512-BF16) or
-    int8 (dynamic quantization of the linear layers)."""
+    (decoder weights column-major), float32-compiled (the same, decode steps through
+    torch.compile; compiled at the first steps, which the benchmarks' warm-up runs),
+    bfloat16 (fast where the CPU has AMX / AVX512-BF16) or int8 (dynamic quantization of
+    the linear layers)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     copy = Sora(model.config).eval()
     copy.load_state_dict(model.state_dict())
     if precision == "bfloat16":
         return copy.to(torch.bfloat16)
-    if precision == "int8":
-        return cast(Sora, quantize_int8(copy))
-    return copy.column_major_decoder()
+    return prepare_for_inference(copy, quantize=precision == "int8",
+                                 compile="on" if precision == "float32-compiled" else "off")
 
 
 class _NoText:

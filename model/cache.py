@@ -42,7 +42,11 @@ class KVCache:
     aligned: bool = True
     # (batch,) bool: parked rows (see `free`), or None when there are none.
     parked: Tensor | None = None
-    # Per step (begin_step): the self-attention mask, and arange(batch) for slot writes.
+    # Per step (begin_step): the slots attention reads, whether this step writes and
+    # masks every row by index (see begin_step), the self-attention mask, and
+    # arange(batch) for slot writes.
+    _span: int = 1
+    _uniform: bool = False
     _mask: Tensor | None = None
     _rows: Tensor | None = None
 
@@ -57,7 +61,7 @@ class KVCache:
     @property
     def span(self) -> int:
         """Slots this step's attention reads: up to the furthest row's new slot."""
-        return self.max_position + 1
+        return self._span
 
     def self_mask(self) -> Tensor | None:
         """(batch, 1, 1, span) mask of the slots each row may attend to this step, or
@@ -65,7 +69,7 @@ class KVCache:
         return self._mask
 
     def cross_mask(self) -> Tensor | None:
-        if not self.src_padded:
+        if not (self._uniform or self.src_padded):
             return None
         return self.src_valid[:, None, None, :]
 
@@ -79,13 +83,25 @@ class KVCache:
         self.self_k = [torch.cat([k, pad], dim=2) for k in self.self_k]
         self.self_v = [torch.cat([v, pad], dim=2) for v in self.self_v]
 
-    def begin_step(self) -> None:
-        """Make room for every row's next slot and build this step's mask."""
-        self._reserve(self.span)
-        if self.aligned:
+    def begin_step(self, uniform: bool = False) -> None:
+        """Make room for every row's next slot and build this step's mask.
+
+        `uniform` makes every step look alike to a compiled decoder, so that one graph
+        serves every step and batch: keys are written by index and attention is masked
+        even when the rows are aligned, the source mask is always given, and the span is
+        at least 2 and below the capacity (sizes 1 and "all of it" would each make
+        torch.compile specialize a graph of their own)."""
+        self._uniform = uniform
+        self._span = self.max_position + 1
+        if uniform:
+            self._span = max(self._span, 2)
+            self._reserve(self._span + 1)
+        else:
+            self._reserve(self._span)
+        if not uniform and self.aligned:
             self._mask = None
         else:
-            slots = torch.arange(self.span, device=self.positions.device)
+            slots = torch.arange(self._span, device=self.positions.device)
             self._mask = (slots[None, :] <= self.positions[:, None])[:, None, None, :]
             if self._rows is None or self._rows.shape[0] != self.batch_size:
                 self._rows = torch.arange(self.batch_size, device=self.positions.device)
@@ -94,7 +110,7 @@ class KVCache:
         """Store this step's (batch, heads, 1, head_dim) key/value of `layer` at each
         row's slot; returns the keys/values attention reads (slots < span)."""
         keys, values = self.self_k[layer], self.self_v[layer]
-        if self.aligned:
+        if not self._uniform and self.aligned:
             p = self.max_position
             keys[:, :, p : p + 1] = k
             values[:, :, p : p + 1] = v

@@ -6,9 +6,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    # Prometheus (promtool + server) for the metrics integration tests, lz4 for data.
+    # Prometheus (promtool + server) for the metrics integration tests, lz4 for data,
+    # docker-compose to validate the compose file, g++ for torch.compile's CPU kernels.
+    pkgs=()
     if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus lz4 docker-compose >/dev/null
+        pkgs+=(prometheus lz4 docker-compose)
+    fi
+    command -v g++ >/dev/null || pkgs+=(g++)
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
     fi
 fi
 

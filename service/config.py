@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantize_int8: bool = False
+    # Decode steps through torch.compile (inductor): ~1.2-1.3x a CPU decode step, paid
+    # for with 20-40 s of compiling at start-up (cached on disk for the next start).
+    # auto: on for CPU float32 where a C++ compiler is installed; a failing compiler
+    # then only logs a warning. on: always, and a failure stops start-up.
+    compile: Literal["auto", "on", "off"] = "auto"
     # torch intra-op threads; 0 keeps torch's default (one per core). On a small CPU, one
     # fewer than the cores leaves the event loop a core of its own.
     torch_threads: int = Field(default=0, ge=0)
@@ -266,6 +271,7 @@ class Settings(BaseSettings):
             device=self.device,
             dtype=self.dtype,
             quantize_int8=self.quantize_int8,
+            compile=self.compile,
         )
 
     @property

@@ -4,6 +4,7 @@ small enough to build in well under a second."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from model.checkpoint import save_checkpoint
 from model.config import SoraConfig
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
+
+# Servers the tests start (in process or as `sora serve` subprocesses) decode eagerly:
+# compiling costs 20-40 s per start. tests/model/test_compiled_decoder.py and the
+# engine's compile tests turn it on where it is under test.
+os.environ.setdefault("SORA_COMPILE", "off")
 
 # A little of every script the tokenizer must handle, repeated so BPE learns merges.
 CORPUS = [

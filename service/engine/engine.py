@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from model.checkpoint import Checkpoint
-from model.device import quantize_int8, resolve_device
+from model.device import prepare_for_inference, resolve_device
 from model.sampling import DecodingParams
 from model.tokenizer import LANGUAGES, TASKS
 from service.engine.admission import Admission
@@ -77,13 +77,10 @@ class Engine:
         self.version = version
         self.manifest = checkpoint.manifest
         device, dtype = resolve_device(self.config.device, self.config.dtype)
-        model = checkpoint.model.to(device=device, dtype=dtype).eval()
-        if self.config.quantize_int8:
-            if device.type != "cpu":
-                raise ValueError("quantize_int8 is for CPU inference only")
-            model = quantize_int8(model)  # type: ignore[assignment]
-        else:
-            model = model.column_major_decoder()
+        model = prepare_for_inference(
+            checkpoint.model.to(device=device, dtype=dtype).eval(),
+            quantize=self.config.quantize_int8, compile=self.config.compile,
+        )
         self.device, self.dtype = device, dtype
         self.tokenizer = checkpoint.tokenizer
         self.runner = ModelRunner(model, self.tokenizer)

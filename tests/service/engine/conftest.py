@@ -28,7 +28,7 @@ async def make_engine(tiny_checkpoint: Path) -> AsyncIterator[MakeEngine]:
     engines: list[Engine] = []
 
     async def make(**config: Any) -> Engine:
-        cfg = EngineConfig(**{"warmup": False, "device": "cpu", **config})
+        cfg = EngineConfig(**{"warmup": False, "device": "cpu", "compile": "off", **config})
         engine = Engine(load_checkpoint(tiny_checkpoint), cfg, name="tiny")
         await engine.start()
         engines.append(engine)

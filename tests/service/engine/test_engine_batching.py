@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import TEXTS, Recorder, assert_same, solo, wait_until
+from conftest import TEXTS, MakeEngine, Recorder, assert_same, solo, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Engine, Job, TaskInput
+from tests.model.test_compiled_decoder import needs_compiler
 
 LANGS = ("de", "fr", "es", "zh", "it", "en")
 
@@ -41,6 +42,19 @@ def mixed_request(i: int) -> tuple[TaskInput, DecodingParams]:
 
 
 async def test_outputs_equal_solo_under_mixed_concurrent_load(engine: Engine) -> None:
+    await mixed_load_equals_solo(engine)
+
+
+@needs_compiler
+async def test_compiled_engine_outputs_equal_solo_under_mixed_load(
+    make_engine: MakeEngine,
+) -> None:
+    engine = await make_engine(compile="on")
+    assert engine.runner.model._compiled_decode is not None
+    await mixed_load_equals_solo(engine)
+
+
+async def mixed_load_equals_solo(engine: Engine) -> None:
     rec = Recorder()
     engine.add_listener(rec)
     requests = [mixed_request(i) for i in range(64)]

@@ -41,7 +41,7 @@ async def make_core(service_checkpoint: Path) -> AsyncIterator[MakeCore]:
     clients: list[CoreClient] = []
 
     async def make(path: Path = service_checkpoint / "tiny", **config: Any) -> CoreClient:
-        cfg = EngineConfig(**{"warmup": False, "device": "cpu", **config})
+        cfg = EngineConfig(**{"warmup": False, "device": "cpu", "compile": "off", **config})
         client = CoreClient(path, cfg, name="tiny", version="1")
         clients.append(client)
         await client.start()
@@ -196,7 +196,7 @@ async def test_registry_reload_swaps_core_processes(
     tiny = service_checkpoint / "tiny"
     root = tmp_path / "repo"
     shutil.copytree(tiny, root / "tiny" / "1")
-    registry = ModelRegistry(root, EngineConfig(warmup=False, device="cpu"),
+    registry = ModelRegistry(root, EngineConfig(warmup=False, device="cpu", compile="off"),
                              core=CoreOptions())
     await registry.load_all()
     old = registry.get("tiny")

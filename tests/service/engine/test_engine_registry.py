@@ -35,7 +35,8 @@ def flip_byte(path: Path, offset: int = -100) -> None:
 @pytest.fixture
 async def registry(tmp_path: Path, tiny_checkpoint: Path) -> AsyncIterator[ModelRegistry]:
     shutil.copytree(tiny_checkpoint, tmp_path / "repo" / "tiny" / "1")
-    reg = ModelRegistry(tmp_path / "repo", EngineConfig(device="cpu"), drain_timeout=30.0)
+    reg = ModelRegistry(tmp_path / "repo", EngineConfig(device="cpu", compile="off"),
+                        drain_timeout=30.0)
     await reg.load_all()
     yield reg
     await reg.drain(timeout=10.0)

@@ -111,7 +111,8 @@ class Served:
 
 
 def engine_config(**overrides: Any) -> EngineConfig:
-    values: dict[str, Any] = {"device": "cpu", "max_new_tokens": MAX_TARGET, "warmup": False}
+    values: dict[str, Any] = {"device": "cpu", "max_new_tokens": MAX_TARGET, "warmup": False,
+                              "compile": "off"}
     return EngineConfig(**{**values, **overrides})
 
 

@@ -1,0 +1,143 @@
+"""Compiled decode steps (`Sora.compile_decoder`) compute what eager ones compute, in
+every batch shape the serving engine makes, without compiling again after warm-up."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import model.device as device_module
+from model.device import compiles_by_default, prepare_for_inference
+from model.generation import generate
+from model.sampling import DecodingParams
+from model.sora import Sora
+from model.tokenizer import SoraTokenizer
+from tests.model.test_layers_cache import ATOL, greedy_logits, solo, sources, src_tensor
+
+needs_compiler = pytest.mark.skipif(
+    not compiles_by_default(torch.device("cpu"), torch.float32),
+    reason="torch.compile on CPU needs a C++ compiler",
+)
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_model: Sora) -> Iterator[Sora]:
+    """A compiled copy of the tiny model, warmed up (two graphs: batch 1, batch n)."""
+    torch._dynamo.reset()
+    yield copy.deepcopy(tiny_model).compile_decoder()
+    torch._dynamo.reset()
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_compiled_steps_equal_eager_in_a_changing_batch(tiny_model: Sora, compiled: Sora) -> None:
+    # Rows at different positions, a row parked and refilled with a longer source, rows
+    # selected away, new rows concatenated: every logit as the eager model's, and each
+    # row as it is decoded alone.
+    runs = []
+    for model in (tiny_model, compiled):
+        srcs = sources(model, [5, 12, 3, 9], seed=3)
+        cache = model.prefill(src_tensor(model, srcs[:2]), capacity=3)
+        tokens = torch.full((2,), model.config.bos_id)
+        out = greedy_logits(model, cache, tokens, 4)
+        late = model.prefill(src_tensor(model, srcs[2:3]))
+        cache = type(cache).concat([cache, late])
+        tokens = torch.cat([out[-1].argmax(-1), torch.tensor([model.config.bos_id])])
+        out += greedy_logits(model, cache, tokens, 3)
+        cache.free([0])
+        cache.fill([0], model.prefill(src_tensor(model, srcs[3:4])))
+        tokens = out[-1].argmax(-1)
+        tokens[0] = model.config.bos_id
+        out += greedy_logits(model, cache, tokens, 5)
+        cache = cache.select(torch.tensor([2, 0]))
+        out += greedy_logits(model, cache, out[-1].argmax(-1)[[2, 0]], 3)
+        runs.append(out)
+    for eager, fast in zip(*runs, strict=True):
+        torch.testing.assert_close(fast, eager, atol=ATOL, rtol=0)
+    # The refilled row (source 3, from its first token) against that source alone.
+    alone = solo(tiny_model, sources(tiny_model, [5, 12, 3, 9], seed=3)[3], 8)
+    refilled = torch.stack([lg[0] for lg in runs[1][7:12]] + [lg[1] for lg in runs[1][12:15]])
+    torch.testing.assert_close(refilled, alone, atol=ATOL, rtol=0)
+
+
+@needs_compiler
+def test_compiled_generation_equals_eager(
+    tiny_model: Sora, compiled: Sora, tiny_tokenizer: SoraTokenizer
+) -> None:
+    srcs = sources(tiny_model, [4, 17, 9, 2, 30], seed=5)
+    params = DecodingParams(max_new_tokens=12, ignore_eos=True)
+    eager = generate(tiny_model, tiny_tokenizer, srcs, params)
+    batched = generate(compiled, tiny_tokenizer, srcs, params)
+    one_by_one = [generate(compiled, tiny_tokenizer, [s], params)[0] for s in srcs]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in eager]
+    assert [r.token_ids for r in one_by_one] == [r.token_ids for r in eager]
+    for a, b in zip(batched, eager, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+    beam = DecodingParams(strategy="beam", beam_size=3, max_new_tokens=8)
+    assert ([r.token_ids for r in generate(compiled, tiny_tokenizer, srcs[:2], beam)]
+            == [r.token_ids for r in generate(tiny_model, tiny_tokenizer, srcs[:2], beam)])
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_no_compiling_after_warm_up(compiled: Sora) -> None:
+    # Batch sizes, source lengths, capacities and staggered positions the warm-up never
+    # saw: a recompile here would stall a serving engine for seconds.
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        for batch, capacity in ((1, 1), (2, 2), (7, 40), (33, 8), (1, 9), (5, 3)):
+            srcs = sources(compiled, [3 + (7 * i) % 40 for i in range(batch)], seed=batch)
+            cache = compiled.prefill(src_tensor(compiled, srcs), capacity=capacity)
+            if batch > 2:
+                cache.positions[1] = 2
+                cache._sync()
+            greedy_logits(compiled, cache, torch.full((batch,), compiled.config.bos_id), 11)
+    finally:
+        torch.compiler.set_stance("default")
+
+
+def test_prepare_for_inference_modes(
+    tiny_model: Sora, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = copy.deepcopy(tiny_model)
+    assert prepare_for_inference(model, compile="off")._compiled_decode is None
+    with pytest.raises(ValueError, match="compile: expected one of auto, on, off"):
+        prepare_for_inference(model, compile="yes")
+
+    def broken(self: Sora, warm_up: bool = True) -> Sora:
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(Sora, "compile_decoder", broken)
+    monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: True)
+    with caplog.at_level(logging.WARNING, logger="model.device"):
+        assert prepare_for_inference(model, compile="auto")._compiled_decode is None
+    assert "decoding eagerly: RuntimeError: no C++ compiler found" in caplog.text
+    with pytest.raises(RuntimeError, match="no C"):
+        prepare_for_inference(model, compile="on")
+    monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: False)
+    assert prepare_for_inference(model, compile="auto")._compiled_decode is None
+
+
+def test_failed_warm_up_leaves_decoding_eager(
+    tiny_model: Sora, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = copy.deepcopy(tiny_model)
+
+    def failing_compile(fn: object, **kwargs: object) -> object:
+        def run(*args: object) -> object:
+            raise RuntimeError("inductor failed")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    with pytest.raises(RuntimeError, match="inductor failed"):
+        model.compile_decoder()
+    assert model._compiled_decode is None
+    src = src_tensor(model, sources(model, [6]))
+    with torch.inference_mode():
+        cache = model.prefill(src)
+        assert model.decode_step(torch.tensor([model.config.bos_id]), cache).shape == (
+            1, model.config.vocab_size)
