@@ -163,9 +163,15 @@ class KVCache:
         width = self.src_valid.shape[1]
         src_len = int(valid.any(dim=0).nonzero().max()) + 1 if valid.shape[0] else width
         if src_len < width * (1 - min_saving):
-            self.cross_k = [k[:, :, :src_len].contiguous() for k in self.cross_k]
-            self.cross_v = [v[:, :, :src_len].contiguous() for v in self.cross_v]
-            self.src_valid = self.src_valid[:, :src_len].contiguous()
+            # Copies with the standard strides: `contiguous()` would keep a one-row
+            # slice as it is (strides of a size-1 dimension do not count for it), and a
+            # compiled decoder compiles again for every new stride.
+            def trim(t: Tensor, dim: int) -> Tensor:
+                return t.narrow(dim, 0, src_len).clone(memory_format=torch.contiguous_format)
+
+            self.cross_k = [trim(k, 2) for k in self.cross_k]
+            self.cross_v = [trim(v, 2) for v in self.cross_v]
+            self.src_valid = trim(self.src_valid, 1)
         self.src_padded = not bool(self.src_valid.all())
 
     @staticmethod

@@ -137,8 +137,10 @@ class Sora(nn.Module):
         cross_k, cross_v = [], []
         for layer in self.decoder_layers:
             k, v = cast(DecoderLayer, layer).cross_attn.project_memory(memory)
-            cross_k.append(k)
-            cross_v.append(v)
+            # Contiguous, as every cache operation (select, concat, fill) leaves them: a
+            # compiled decoder would compile again for the strides of the view.
+            cross_k.append(k.contiguous())
+            cross_v.append(v.contiguous())
         # One spare slot: a compiled decoder's steps read below the capacity.
         capacity = min(capacity, self.config.max_target_positions) + 1
         zeros = memory.new_zeros(b, h, capacity, d)

@@ -96,6 +96,20 @@ def test_no_compiling_after_warm_up(compiled: Sora) -> None:
                 cache.positions[1] = 2
                 cache._sync()
             greedy_logits(compiled, cache, torch.full((batch,), compiled.config.bos_id), 11)
+            # What a serving engine does to a running cache: rows parked and refilled,
+            # selected (beams, compaction), joined by new rows.
+            if batch > 1:
+                cache.free([0])
+                cache.fill([0], compiled.prefill(src_tensor(compiled, srcs[-1:])))
+                greedy_logits(compiled, cache, torch.full((batch,), compiled.config.bos_id), 2)
+                cache = cache.select(torch.arange(batch - 1, -1, -1))
+                greedy_logits(compiled, cache, torch.full((batch,), compiled.config.bos_id), 2)
+                cache = type(cache).concat([cache, compiled.prefill(src_tensor(compiled, srcs))])
+                greedy_logits(compiled, cache, torch.full((2 * batch,), compiled.config.bos_id),
+                              2)
+                shortest = min(range(batch), key=lambda i: len(srcs[i]))
+                cache = cache.select(torch.tensor([shortest]))  # one row, source trimmed
+                greedy_logits(compiled, cache, torch.full((1,), compiled.config.bos_id), 2)
     finally:
         torch.compiler.set_stance("default")
 
