@@ -20,6 +20,7 @@ from model.checkpoint import load_checkpoint
 from model.device import quantize_int8, resolve_device
 from model.generation import generate
 from model.sampling import DecodingParams
+from tests.model.test_compiled_decoder import needs_compiler
 
 REPO = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -45,6 +46,18 @@ def test_generate_matches_library(
                "--max-new-tokens", "8", "The meeting covered budgets."])
     assert rc == 0
     assert capsys.readouterr().out == expected.text + "\n"
+
+
+@needs_compiler
+def test_generate_compiled_matches_eager(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--checkpoint", str(tiny_checkpoint), "--task", "translate",
+            "--target-lang", "fr", "--max-new-tokens", "9", "Hello", "Good day"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main([*args, "--compile", "on"]) == 0
+    assert capsys.readouterr().out == eager
 
 
 def test_generate_from_stdin(

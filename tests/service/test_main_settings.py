@@ -31,6 +31,7 @@ def test_defaults() -> None:
     assert s.max_body_bytes == 1 << 20 and s.max_batch_texts == 64
     assert s.drain_timeout_s == 30 and s.api_keys == [] and s.log_format == "text"
     assert s.engine_config().max_batch_sequences == 64
+    assert s.compile == s.engine_config().compile == "auto"
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
@@ -88,6 +89,7 @@ def test_api_keys_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"max_body_bytes": 0}, "max_body_bytes"),
         ({"torch_threads": -1}, "torch_threads"),
         ({"event_loop": "trio"}, "event_loop"),
+        ({"compile": "yes"}, "compile"),
     ],
 )
 def test_invalid_settings_one_message(kwargs: dict[str, Any], needle: str) -> None:
