@@ -33,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--repeats", type=int, default=3, help="timed passes; the median is shown")
     m.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--precisions", default="float32",
-                   help="comma-separated: float32, bfloat16 (fast on CPUs with AMX), int8")
+    m.add_argument("--precisions", default="float32,float32-compiled",
+                   help="comma-separated: float32 (eager), float32-compiled (what `sora "
+                   "serve` runs on CPU; compiles first), bfloat16 (fast on CPUs with AMX), "
+                   "int8")
     m.set_defaults(func=run_model)
 
     # Serving benchmarks keep their own options: `sora bench engine -h` lists them.
@@ -84,7 +86,7 @@ def run_model(args: argparse.Namespace) -> int:
         name = mb.PRECISIONS[precision]
         for bs in args.batch_sizes:
             (r,) = mb.bench_sora(variant, sources, [bs], args.new_tokens, args.repeats, name)
-            print(f"  {name:>9} batch {bs:>4}: {r.tokens_per_s:8.0f} tokens/s  "
+            print(f"  {name:>13} batch {bs:>4}: {r.tokens_per_s:8.0f} tokens/s  "
                   f"({r.median_s:.2f} s)", flush=True)
             results.append(r)
     print(mb.format_table(results, reference="sora" if "float32" in precisions else None))

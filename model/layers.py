@@ -53,8 +53,9 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Ten
 def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Two batched matrix products around a softmax: what a compiled decoder wants. The
     compiler fuses scale, mask and softmax into one pass, and two batched GEMMs beat
-    the fused kernel's loop over (row, head) pairs (about 1.3x a whole batch-64 step
-    on CPU). Eager, the separate passes make it slower than `fused_attention`."""
+    the fused kernel's loop over (row, head) pairs: a compiled batch-64 step ran ~1.25x
+    faster with this than with `fused_attention` on CPU. Eager, the separate passes
+    make it the slower one."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

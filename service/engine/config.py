@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.device import COMPILE_MODES
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -36,8 +38,8 @@ class EngineConfig:
             raise ValueError("max_source_tokens must be >= 0")
         if self.max_waiting_steps < 0:
             raise ValueError("max_waiting_steps must be >= 0")
-        if self.compile not in ("auto", "on", "off"):
-            raise ValueError("compile must be auto, on or off")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}")
         if self.waiting_served_ratio < 0:
             raise ValueError("waiting_served_ratio must be >= 0")
         if self.default_max_new_tokens > self.max_new_tokens:
