@@ -190,6 +190,11 @@ class Sora(nn.Module):
         (batch 1, then two more sizes; ~20-40 s on a 2-core CPU, less when inductor's
         on-disk cache has them) so that no request waits for it. Raises, and leaves
         decoding eager, when the compiler fails (no C++ compiler, unsupported device)."""
+        # Every model compiled in this process shares `_decode`'s graph cache: models of
+        # one shape reuse its graphs, each other shape adds two. Dynamo's default limit
+        # (8 per function) would send a fifth shape back to eager.
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         self._compiled_decode = torch.compile(self._decode, dynamic=True)
         if warm_up:
             try:

@@ -114,6 +114,33 @@ def test_no_compiling_after_warm_up(compiled: Sora) -> None:
         torch.compiler.set_stance("default")
 
 
+@needs_compiler
+def test_a_second_model_of_one_shape_reuses_the_graphs(tiny_model: Sora, compiled: Sora) -> None:
+    # A registry serving two versions of one model: the second compiles nothing and
+    # computes with its own weights, not the first one's.
+    other = copy.deepcopy(tiny_model)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    eager = copy.deepcopy(other)
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        other.compile_decoder()  # its warm-up runs the graphs `compiled` made
+        srcs = sources(other, [4, 13, 8], seed=9)
+        runs = []
+        with torch.inference_mode():
+            for model in (other, eager, compiled):
+                cache = model.prefill(src_tensor(model, srcs))
+                bos = torch.full((3,), model.config.bos_id)
+                runs.append(greedy_logits(model, cache, bos, 6))
+    finally:
+        torch.compiler.set_stance("default")
+    for mine, reference, first in zip(*runs, strict=True):
+        torch.testing.assert_close(mine, reference, atol=ATOL, rtol=0)
+        assert (mine - first).abs().max() > 1e-2
+
+
 def test_prepare_for_inference_modes(
     tiny_model: Sora, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
