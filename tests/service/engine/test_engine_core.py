@@ -29,6 +29,7 @@ from service.engine import (
 )
 from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.registry import ModelRegistry
+from tests.model.test_compiled_decoder import needs_compiler
 from tests.service.engine.conftest import TEXTS, Recorder, wait_until
 
 MakeCore = Callable[..., Awaitable[CoreClient]]
@@ -52,10 +53,13 @@ async def make_core(service_checkpoint: Path) -> AsyncIterator[MakeCore]:
         await client.drain(timeout=10.0)
 
 
+@pytest.mark.parametrize("compile", ["off", pytest.param("on", marks=needs_compiler)])
 async def test_outputs_equal_the_in_process_engine(
-    make_core: MakeCore, engine: Engine, tiny_checkpoint: Path
+    make_core: MakeCore, engine: Engine, tiny_checkpoint: Path, compile: str
 ) -> None:
-    core = await make_core(tiny_checkpoint)
+    # compile=on: the serving default on CPU (auto) through the core process, against the
+    # eager in-process engine.
+    core = await make_core(tiny_checkpoint, compile=compile)
     inputs = [TaskInput("translate", t, target_lang="de") for t in TEXTS]
     inputs.append(TaskInput("answer", "What is it?", context="It is a small tool."))
     inputs.append(TaskInput("summarize", " ".join(TEXTS) * 12))  # several segments
