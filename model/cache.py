@@ -110,7 +110,7 @@ class KVCache:
         """Store this step's (batch, heads, 1, head_dim) key/value of `layer` at each
         row's slot; returns the keys/values attention reads (slots < span)."""
         keys, values = self.self_k[layer], self.self_v[layer]
-        if not self._uniform and self.aligned:
+        if self._mask is None:  # every row at one position (see begin_step)
             p = self.max_position
             keys[:, :, p : p + 1] = k
             values[:, :, p : p + 1] = v

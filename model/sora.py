@@ -180,13 +180,13 @@ class Sora(nn.Module):
             x = cast(DecoderLayer, layer).step(x, cache, i, attend)
         return self.output_logits(self.decoder_norm(x[:, 0]))
 
-    def compile_decoder(self, warm_up: bool = True) -> Sora:
+    def compile_decoder(self) -> Sora:
         """Run decode steps through torch.compile (inductor). It fuses the small ops
         between the matrix products (norms, residuals, activation, attention's scale,
-        mask and softmax) and drops most of the per-op dispatch: ~1.2-1.3x the eager
+        mask and softmax) and drops most of the per-op dispatch: ~1.1-1.3x the eager
         step on CPU at batch 1 to 64. Every step then writes and masks as if its rows
         were at different positions (`KVCache.begin_step(uniform=True)`), so a few graphs
-        serve every step, batch size and source length: `warm_up` compiles them now
+        serve every step, batch size and source length. A warm-up compiles them now
         (batch 1, then two more sizes; ~20-40 s on a 2-core CPU, less when inductor's
         on-disk cache has them) so that no request waits for it. Raises, and leaves
         decoding eager, when the compiler fails (no C++ compiler, unsupported device)."""
@@ -196,12 +196,11 @@ class Sora(nn.Module):
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         self._compiled_decode = torch.compile(self._decode, dynamic=True)
-        if warm_up:
-            try:
-                self._warm_up_decoder()
-            except Exception:
-                self._compiled_decode = None
-                raise
+        try:
+            self._warm_up_decoder()
+        except Exception:
+            self._compiled_decode = None
+            raise
         return self
 
     @torch.inference_mode()

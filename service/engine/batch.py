@@ -135,25 +135,25 @@ class RunningBatch:
             self._fill(holes[: len(taken)], new, taken)
             if len(taken) == new.size:
                 return self
-            new = new.filter([i for i in range(new.size) if i not in set(taken)])
+            chosen = set(taken)
+            new = new.filter([i for i in range(new.size) if i not in chosen])
         live = [i for i, s in enumerate(self.seqs) if s is not None]
         return RunningBatch.concat([self if len(live) == self.size else self.filter(live), new])
 
     def _fill(self, rows: list[int], new: RunningBatch, taken: list[int]) -> None:
         """Parked `rows` take rows `taken` of `new`, in place."""
-        width = max(self.generated.shape[1], new.generated.shape[1])
+        fresh = new if len(taken) == new.size else new.filter(taken)
+        width = max(self.generated.shape[1], fresh.generated.shape[1])
         self.generated = pad_to(self.generated, 1, width)
         idx = torch.tensor(rows, device=self.tokens.device)
-        src = torch.tensor(taken, device=self.tokens.device)
-        fresh = new if len(taken) == new.size else new.filter(taken)
         self.cache.fill(rows, fresh.cache)
         self.sampling.fill(rows, fresh.sampling)
-        self.tokens.index_copy_(0, idx, new.tokens[src])
-        self.generated.index_copy_(0, idx, pad_to(new.generated[src], 1, width))
-        self.n_generated.index_copy_(0, idx, new.n_generated[src])
-        self.logprob.index_copy_(0, idx, new.logprob[src])
-        for row, i in zip(rows, taken, strict=True):
-            self.seqs[row] = new.seqs[i]
+        self.tokens.index_copy_(0, idx, fresh.tokens)
+        self.generated.index_copy_(0, idx, pad_to(fresh.generated, 1, width))
+        self.n_generated.index_copy_(0, idx, fresh.n_generated)
+        self.logprob.index_copy_(0, idx, fresh.logprob)
+        for row, seq in zip(rows, fresh.seqs, strict=True):
+            self.seqs[row] = seq
         self._watched = self._reserved = None
 
     @staticmethod

@@ -149,7 +149,7 @@ def test_prepare_for_inference_modes(
     with pytest.raises(ValueError, match="compile: expected one of auto, on, off"):
         prepare_for_inference(model, compile="yes")
 
-    def broken(self: Sora, warm_up: bool = True) -> Sora:
+    def broken(self: Sora) -> Sora:
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     monkeypatch.setattr(Sora, "compile_decoder", broken)
