@@ -52,17 +52,18 @@ COMPILE_MODES = ("auto", "on", "off")
 def compiles_by_default(device: torch.device, dtype: torch.dtype) -> bool:
     """What compile=auto picks: on for CPU fp32 where a C++ compiler is installed
     (inductor builds its CPU kernels with it), where decode steps were measured at
-    ~1.2-1.3x eager. GPUs were not measured in this project: off unless asked."""
+    ~1.2-1.3x eager and the encoder at ~1.3x at batch 64. GPUs were not measured in
+    this project: off unless asked."""
     return (device.type == "cpu" and dtype == torch.float32
             and any(shutil.which(c) for c in ("g++", "c++", "clang++")))
 
 
 def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str = "off") -> Sora:
     """`model` (on its device, in eval mode) laid out as Sora serves it: int8 dynamic
-    quantization (CPU), or decoder weights column-major (CPU fp32) and decode steps
-    compiled when `compile` says so (on | off | auto, see `compiles_by_default`).
-    Compiling warms up now; when it fails, `on` raises and `auto` logs why and decodes
-    eagerly."""
+    quantization (CPU), or decoder weights column-major (CPU fp32) and the model
+    compiled (`Sora.compile_for_inference`) when `compile` says so (on | off | auto, see
+    `compiles_by_default`). Compiling warms up now; when it fails, `on` raises and
+    `auto` logs why and runs the model eagerly."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)}, got {compile!r}")
     if quantize:
@@ -78,12 +79,12 @@ def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str =
         return model
     start = time.perf_counter()
     try:
-        model.compile_decoder()
+        model.compile_for_inference()
     except Exception as e:
         if compile == "on":
             raise
-        log.warning("compiling decode steps failed, decoding eagerly: %s: %s",
+        log.warning("compiling the model failed, running it eagerly: %s: %s",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return model
-    log.info("decode steps compiled in %.1f s", time.perf_counter() - start)
+    log.info("encoder and decode steps compiled in %.1f s", time.perf_counter() - start)
     return model

@@ -54,6 +54,7 @@ class Sora(nn.Module):
         self.decoder_norm = nn.LayerNorm(config.d_model)
         self.lm_head: nn.Linear | None = None
         self._compiled_decode: Callable[[Tensor, KVCache, Attend], Tensor] | None = None
+        self._compiled_encode: Callable[..., Tensor] | None = None
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -123,7 +124,16 @@ class Sora(nn.Module):
         # would cost as much as real tokens in every projection and feed-forward), and
         # return zeros at padded positions.
         packing = Packing.of(src_valid)
-        h = packing.pack(x)
+        run = self._compiled_encode or self._encode_packed
+        return run(packing.pack(x), packing.index, packing.rows, mask, b, t)
+
+    def _encode_packed(
+        self, h: Tensor, index: Tensor, rows: Tensor, mask: Tensor, batch: int, length: int
+    ) -> Tensor:
+        """The layers and final norm on the real tokens h (n_real, d_model); returns
+        (batch, length, d_model). Packing's parts come as tensors and ints, which is what
+        a compiled function takes as inputs."""
+        packing = Packing(index, rows, batch, length)
         for layer in self.encoder_layers:
             h = cast(EncoderLayer, layer).forward_packed(h, packing, mask)
         return packing.unpack(self.encoder_norm(h))
@@ -180,36 +190,40 @@ class Sora(nn.Module):
             x = cast(DecoderLayer, layer).step(x, cache, i, attend)
         return self.output_logits(self.decoder_norm(x[:, 0]))
 
-    def compile_decoder(self) -> Sora:
-        """Run decode steps through torch.compile (inductor). It fuses the small ops
-        between the matrix products (norms, residuals, activation, attention's scale,
-        mask and softmax) and drops most of the per-op dispatch: ~1.1-1.3x the eager
-        step on CPU at batch 1 to 64. Every step then writes and masks as if its rows
-        were at different positions (`KVCache.begin_step(uniform=True)`), so a few graphs
-        serve every step, batch size and source length. A warm-up compiles them now
-        (batch 1, then two more sizes; ~20-40 s on a 2-core CPU, less when inductor's
-        on-disk cache has them) so that no request waits for it. Raises, and leaves
-        decoding eager, when the compiler fails (no C++ compiler, unsupported device)."""
-        # Every model compiled in this process shares `_decode`'s graph cache: models of
-        # one shape reuse its graphs, each other shape adds two. Dynamo's default limit
+    def compile_for_inference(self) -> Sora:
+        """Run decode steps and the encoder's layers on packed sources through
+        torch.compile (inductor). It fuses the small ops between the matrix products
+        (norms, residuals, activation, attention's scale, mask and softmax, the packing's
+        gathers) and drops most of the per-op dispatch: ~1.1-1.3x the eager decode step
+        on CPU at batch 1 to 64, ~1.3x the eager encoder at batch 64. Every step then
+        writes and masks as if its rows were at different positions
+        (`KVCache.begin_step(uniform=True)`), so a few graphs serve every step, batch
+        size and source length. A warm-up compiles them now (~30-60 s on a 2-core CPU,
+        less when inductor's on-disk cache has them) so that no request waits for it.
+        Raises, and leaves the model eager, when the compiler fails (no C++ compiler,
+        unsupported device). For inference only: training never calls it."""
+        # Every model compiled in this process shares each function's graph cache: models
+        # of one shape reuse its graphs, each other shape adds two. Dynamo's default limit
         # (8 per function) would send a fifth shape back to eager.
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         self._compiled_decode = torch.compile(self._decode, dynamic=True)
+        self._compiled_encode = torch.compile(self._encode_packed, dynamic=True)
         try:
-            self._warm_up_decoder()
+            self._warm_up()
         except Exception:
-            self._compiled_decode = None
+            self._compiled_decode = self._compiled_encode = None
             raise
         return self
 
     @torch.inference_mode()
-    def _warm_up_decoder(self) -> None:
+    def _warm_up(self) -> None:
         device = self.embed.weight.device
         first = min(3, self.config.vocab_size - 1)  # any ids will do
         for batch, src_len in ((1, 3), (2, 4), (3, 5)):
             src = torch.full((batch, src_len), first, dtype=torch.long, device=device)
-            src[0, -1] = self.config.pad_id  # padded rows, as real batches have
+            # Padded rows, as real batches have: sources short enough to be packed.
+            src[0, 1:] = self.config.pad_id
             cache = self.prefill(src, capacity=4)
             tokens = torch.full((batch,), self.config.bos_id, dtype=torch.long, device=device)
             for _ in range(3):

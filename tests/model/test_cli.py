@@ -20,7 +20,7 @@ from model.checkpoint import load_checkpoint
 from model.device import quantize_int8, resolve_device
 from model.generation import generate
 from model.sampling import DecodingParams
-from tests.model.test_compiled_decoder import needs_compiler
+from tests.model.test_compiled_model import needs_compiler
 
 REPO = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

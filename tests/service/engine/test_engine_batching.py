@@ -11,7 +11,7 @@ from conftest import TEXTS, MakeEngine, Recorder, assert_same, solo, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Engine, Job, TaskInput
-from tests.model.test_compiled_decoder import needs_compiler
+from tests.model.test_compiled_model import needs_compiler
 
 LANGS = ("de", "fr", "es", "zh", "it", "en")
 
@@ -51,7 +51,8 @@ async def test_compiled_engine_outputs_equal_solo_under_mixed_load(
     make_engine: MakeEngine,
 ) -> None:
     engine = await make_engine(compile="on")
-    assert engine.runner.model._compiled_decode is not None
+    model = engine.runner.model
+    assert model._compiled_decode is not None and model._compiled_encode is not None
     # The warm-up compiled every graph this load needs: rows parked and refilled, beams
     # appended, batches of every size.
     torch.compiler.set_stance("fail_on_recompile")

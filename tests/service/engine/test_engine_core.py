@@ -29,7 +29,7 @@ from service.engine import (
 )
 from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.registry import ModelRegistry
-from tests.model.test_compiled_decoder import needs_compiler
+from tests.model.test_compiled_model import needs_compiler
 from tests.service.engine.conftest import TEXTS, Recorder, wait_until
 
 MakeCore = Callable[..., Awaitable[CoreClient]]

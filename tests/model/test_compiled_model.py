@@ -1,5 +1,6 @@
-"""Compiled decode steps (`Sora.compile_decoder`) compute what eager ones compute, in
-every batch shape the serving engine makes, without compiling again after warm-up."""
+"""A compiled model (`Sora.compile_for_inference`: decode steps, encoder layers on packed
+sources) computes what the eager one computes, in every batch shape the serving engine
+makes, without compiling again after warm-up."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ needs_compiler = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def compiled(tiny_model: Sora) -> Iterator[Sora]:
-    """A compiled copy of the tiny model, warmed up (two graphs: batch 1, batch n)."""
+    """A compiled copy of the tiny model, warmed up (two graphs each: batch 1, batch n)."""
     torch._dynamo.reset()
-    yield copy.deepcopy(tiny_model).compile_decoder()
+    yield copy.deepcopy(tiny_model).compile_for_inference()
     torch._dynamo.reset()
 
 
@@ -62,6 +63,21 @@ def test_compiled_steps_equal_eager_in_a_changing_batch(tiny_model: Sora, compil
     alone = solo(tiny_model, sources(tiny_model, [5, 12, 3, 9], seed=3)[3], 8)
     refilled = torch.stack([lg[0] for lg in runs[1][7:12]] + [lg[1] for lg in runs[1][12:15]])
     torch.testing.assert_close(refilled, alone, atol=ATOL, rtol=0)
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_compiled_encoder_equals_eager(tiny_model: Sora, compiled: Sora) -> None:
+    # Packed batches (short and long sources mixed) go through the compiled layers;
+    # padded positions stay exactly zero, as eager encode() leaves them.
+    for lengths, seed in (([3, 30, 7, 2, 19], 1), ([1, 40], 2), ([9, 2, 2, 2, 2, 2, 2], 3)):
+        src = src_tensor(tiny_model, sources(tiny_model, lengths, seed=seed))
+        valid = src != tiny_model.config.pad_id
+        assert int(valid.sum()) <= 0.9 * valid.numel()  # the packed path
+        eager = tiny_model.encode(src, valid)
+        fast = compiled.encode(src, valid)
+        torch.testing.assert_close(fast, eager, atol=ATOL, rtol=0)
+        assert not fast[~valid].any()
 
 
 @needs_compiler
@@ -126,7 +142,7 @@ def test_a_second_model_of_one_shape_reuses_the_graphs(tiny_model: Sora, compile
     eager = copy.deepcopy(other)
     torch.compiler.set_stance("fail_on_recompile")
     try:
-        other.compile_decoder()  # its warm-up runs the graphs `compiled` made
+        other.compile_for_inference()  # its warm-up runs the graphs `compiled` made
         srcs = sources(other, [4, 13, 8], seed=9)
         runs = []
         with torch.inference_mode():
@@ -145,25 +161,26 @@ def test_prepare_for_inference_modes(
     tiny_model: Sora, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = copy.deepcopy(tiny_model)
-    assert prepare_for_inference(model, compile="off")._compiled_decode is None
+    off = prepare_for_inference(model, compile="off")
+    assert off._compiled_decode is None and off._compiled_encode is None
     with pytest.raises(ValueError, match="compile: expected one of auto, on, off"):
         prepare_for_inference(model, compile="yes")
 
     def broken(self: Sora) -> Sora:
         raise RuntimeError("no C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(Sora, "compile_decoder", broken)
+    monkeypatch.setattr(Sora, "compile_for_inference", broken)
     monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: True)
     with caplog.at_level(logging.WARNING, logger="model.device"):
         assert prepare_for_inference(model, compile="auto")._compiled_decode is None
-    assert "decoding eagerly: RuntimeError: no C++ compiler found" in caplog.text
+    assert "running it eagerly: RuntimeError: no C++ compiler found" in caplog.text
     with pytest.raises(RuntimeError, match="no C"):
         prepare_for_inference(model, compile="on")
     monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: False)
     assert prepare_for_inference(model, compile="auto")._compiled_decode is None
 
 
-def test_failed_warm_up_leaves_decoding_eager(
+def test_failed_warm_up_leaves_the_model_eager(
     tiny_model: Sora, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = copy.deepcopy(tiny_model)
@@ -175,8 +192,8 @@ def test_failed_warm_up_leaves_decoding_eager(
 
     monkeypatch.setattr(torch, "compile", failing_compile)
     with pytest.raises(RuntimeError, match="inductor failed"):
-        model.compile_decoder()
-    assert model._compiled_decode is None
+        model.compile_for_inference()
+    assert model._compiled_decode is None and model._compiled_encode is None
     src = src_tensor(model, sources(model, [6]))
     with torch.inference_mode():
         cache = model.prefill(src)
