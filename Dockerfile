@@ -72,9 +72,9 @@ LABEL org.opencontainers.image.title="sora" \
       org.opencontainers.image.version="${SORA_VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# g++ (with libgomp): torch.compile's CPU backend builds the decode-step kernels with it at
-# start-up (SORA_COMPILE=auto; ~1.2-1.3x CPU decode throughput). Without it, auto decodes
-# eagerly. GPU images do not need it for that (auto leaves GPUs eager).
+# g++ (with libgomp): torch.compile's CPU backend builds the encoder and decode-step
+# kernels with it at start-up (SORA_COMPILE=auto; ~1.2-1.3x CPU throughput). Without it,
+# auto runs the model eagerly. GPU images do not need it for that (auto leaves GPUs eager).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*

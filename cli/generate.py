@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
-                   help="decode steps through torch.compile: pays off for many or long "
-                   "inputs, after 20-40 s of compiling (default off)")
+                   help="encoder and decode steps through torch.compile: pays off for many "
+                   "or long inputs, after 30-60 s of compiling (default off)")
     p.add_argument("--verbose", action="store_true", help="also print finish reason and score")
     add_decoding_args(p)
     p.set_defaults(func=run)

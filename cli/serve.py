@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--quantize-int8", action="store_const", const=True, default=None,
                         help="int8 dynamic quantization (CPU)")
     models.add_argument("--compile", choices=["auto", "on", "off"], default=None,
-                        help="decode steps through torch.compile (default auto: CPU fp32 "
-                        "with a C++ compiler)")
+                        help="encoder and decode steps through torch.compile (default "
+                        "auto: CPU fp32 with a C++ compiler)")
     models.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
                         help="run each model's engine in a process of its own")
     models.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,

@@ -134,8 +134,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantize_int8: bool = False
-    # Decode steps through torch.compile (inductor): ~1.2-1.3x a CPU decode step, paid
-    # for with 20-40 s of compiling at start-up (cached on disk for the next start).
+    # Encoder and decode steps through torch.compile (inductor): ~1.2-1.3x a CPU decode
+    # step, ~1.3x a batch-64 encoder pass, paid for with 30-60 s of compiling at
+    # start-up (cached on disk for the next start).
     # auto: on for CPU float32 where a C++ compiler is installed; a failing compiler
     # then only logs a warning. on: always, and a failure stops start-up.
     compile: Literal["auto", "on", "off"] = "auto"
