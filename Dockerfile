@@ -106,8 +106,8 @@ WORKDIR /home/sora
 EXPOSE 8000 50051
 
 # Ready = model loaded, compiled and warmed, and not draining. The start period covers
-# loading and compiling (20-40 s on 2 cores).
-HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+# loading and compiling (~90 s on 2 cores the first time, ~30 s from inductor's cache).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('SORA_HTTP_PORT', '8000'), timeout=2)"]
 
 # Exec form: `sora` is PID 1 and receives SIGTERM itself; it stops taking new requests,

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
                    help="encoder and decode steps through torch.compile: pays off for many "
-                   "or long inputs, after 30-60 s of compiling (default off)")
+                   "or long inputs, after 30-90 s of compiling (default off)")
     p.add_argument("--verbose", action="store_true", help="also print finish reason and score")
     add_decoding_args(p)
     p.set_defaults(func=run)

@@ -198,8 +198,8 @@ class Sora(nn.Module):
         on CPU at batch 1 to 64, ~1.3x the eager encoder at batch 64. Every step then
         writes and masks as if its rows were at different positions
         (`KVCache.begin_step(uniform=True)`), so a few graphs serve every step, batch
-        size and source length. A warm-up compiles them now (~30-60 s on a 2-core CPU,
-        less when inductor's on-disk cache has them) so that no request waits for it.
+        size and source length. A warm-up compiles them now (~90 s on a 2-core CPU,
+        ~30 s when inductor's on-disk cache has them) so that no request waits for it.
         Raises, and leaves the model eager, when the compiler fails (no C++ compiler,
         unsupported device). For inference only: training never calls it."""
         # Every model compiled in this process shares each function's graph cache: models

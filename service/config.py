@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantize_int8: bool = False
     # Encoder and decode steps through torch.compile (inductor): ~1.2-1.3x a CPU decode
-    # step, ~1.3x a batch-64 encoder pass, paid for with 30-60 s of compiling at
-    # start-up (cached on disk for the next start).
+    # step, ~1.3x a batch-64 encoder pass, paid for with ~90 s of compiling at
+    # start-up on 2 cores (~30 s with inductor's on-disk cache).
     # auto: on for CPU float32 where a C++ compiler is installed; a failing compiler
     # then only logs a warning. on: always, and a failure stops start-up.
     compile: Literal["auto", "on", "off"] = "auto"

@@ -16,7 +16,7 @@ from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 
 # Servers the tests start (in process or as `sora serve` subprocesses) decode eagerly:
-# compiling costs 20-40 s per start. tests/model/test_compiled_model.py and the
+# compiling costs 30-90 s per start. tests/model/test_compiled_model.py and the
 # engine's compile tests turn it on where it is under test.
 os.environ.setdefault("SORA_COMPILE", "off")
 

@@ -25,8 +25,8 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     quantize_int8: bool = False
-    # Decode steps through torch.compile: auto = CPU fp32 with a C++ compiler (~1.2-1.3x
-    # a step; 20-40 s more start-up the first time, inductor caches it on disk).
+    # Encoder and decode steps through torch.compile: auto = CPU fp32 with a C++ compiler
+    # (~1.2-1.3x a step; ~90 s more start-up the first time, ~30 s from inductor's cache).
     compile: str = "auto"
 
     def __post_init__(self) -> None:

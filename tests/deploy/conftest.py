@@ -67,7 +67,7 @@ def start_serve(
         "SORA_DEVICE": "cpu",
         "SORA_DRAIN_TIMEOUT_S": "10",
         "OMP_NUM_THREADS": "1",
-        "SORA_COMPILE": "off",  # 20-40 s per start; tests/model covers the compiled model
+        "SORA_COMPILE": "off",  # 30-90 s per start; tests/model covers the compiled model
         **(env or {}),
     }
     out = log.open("wb")
