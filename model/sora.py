@@ -26,6 +26,9 @@ from model.layers import (
 # encode() drops the padding of a batch whose real tokens are fewer than this share of it.
 PACK_ABOVE = 0.9
 
+# Sora._encode_packed's signature: (h, index, rows, mask, batch, length) -> memory.
+EncodePacked = Callable[[Tensor, Tensor, Tensor, Tensor, int, int], Tensor]
+
 
 @dataclass
 class ModelOutput:
@@ -54,7 +57,7 @@ class Sora(nn.Module):
         self.decoder_norm = nn.LayerNorm(config.d_model)
         self.lm_head: nn.Linear | None = None
         self._compiled_decode: Callable[[Tensor, KVCache, Attend], Tensor] | None = None
-        self._compiled_encode: Callable[..., Tensor] | None = None
+        self._compiled_encode: EncodePacked | None = None
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -221,7 +224,7 @@ class Sora(nn.Module):
         """Compile every graph: batch 1, then batch 64 (which compiles the graphs for any
         batch size), then a third size that must reuse them. Inductor decides which loops
         run in parallel from the sizes a graph was compiled at: compiled at batch 2, the
-        attention's softmax and the norms ran on one thread, and batch-64 generation was
+        norms, cache writes and softmaxes ran on one thread, and batch-64 generation was
         ~15% slower than compiled at 64 rows (the engine's default batch)."""
         device = self.embed.weight.device
         first = min(3, self.config.vocab_size - 1)  # any ids will do
