@@ -101,8 +101,8 @@ def parse_precisions(text: str) -> list[str]:
 
 def with_precision(model: Sora, precision: str) -> Sora:
     """A copy of `model` in `precision`, laid out as the engine serves it: float32
-    (decoder weights column-major), float32-compiled (the same, decode steps through
-    torch.compile; compiled at the first steps, which the benchmarks' warm-up runs),
+    (decoder weights column-major), float32-compiled (the same, encoder and decode
+    steps through torch.compile; compiled and warmed up here, before any timing),
     bfloat16 (fast where the CPU has AMX / AVX512-BF16) or int8 (dynamic quantization of
     the linear layers)."""
     if precision not in PRECISIONS:
