@@ -162,11 +162,12 @@ def step_serve(c: Check) -> tuple[str, str]:
             metrics = r.read().decode()
         (c.work / "serve-metrics.txt").write_text(metrics)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
         log.close()
     rows = [json.loads(line) for line in c.log("serve").read_text().splitlines()
             if line.startswith("{")]

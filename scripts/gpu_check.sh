@@ -11,7 +11,7 @@
 #
 # On the GPU machine `python3` holds CUDA PyTorch; what else Sora needs travels as
 # wheels in .whl/ (carry it), installed into /tmp/site. --train-default reads the full
-# data build from .gpu/data/*.xz (carry .gpu). Preparing both, here: README, "GPU check".
+# data build from .gpu/data/*.xz (carry .gpu). scripts/gpu_prepare.sh makes both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " == *" --dry-run "* ]]; then
