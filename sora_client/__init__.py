@@ -23,7 +23,9 @@ from sora_client.errors import (
 )
 from sora_client.retry import NO_RETRIES, RetryPolicy
 from sora_client.types import (
+    Candidate,
     DecodingOptions,
+    DetectedLanguage,
     ModelCard,
     Result,
     StreamPiece,
@@ -32,7 +34,8 @@ from sora_client.types import (
 )
 
 __all__ = [
-    "NO_RETRIES", "AsyncClient", "Cancelled", "Client", "DeadlineExceeded", "DecodingOptions",
+    "NO_RETRIES", "AsyncClient", "Cancelled", "Candidate", "Client", "DeadlineExceeded",
+    "DecodingOptions", "DetectedLanguage",
     "InvalidArgument", "ModelCard", "NotFound", "Overloaded", "PermissionDenied", "Result",
     "RetryPolicy", "ServerError", "SoraError", "StreamPiece", "TaskResult", "Unauthenticated",
     "Unavailable", "Usage",

@@ -16,7 +16,15 @@ from urllib.parse import urlsplit
 from sora_client.grpc_transport import AsyncGrpcTransport, GrpcTransport
 from sora_client.http import AsyncHttpTransport, HttpTransport
 from sora_client.retry import Deadline, RetryPolicy, with_retries, with_retries_async
-from sora_client.types import DecodingOptions, ModelCard, StreamPiece, Task, TaskCall, TaskResult
+from sora_client.types import (
+    DecodingOptions,
+    DetectedLanguage,
+    ModelCard,
+    StreamPiece,
+    Task,
+    TaskCall,
+    TaskResult,
+)
 
 DEFAULT_TIMEOUT_S = 60.0
 _TASKS = ("translate", "summarize", "answer")
@@ -138,6 +146,14 @@ class Client(_Base):
         """Every model the server serves."""
         return with_retries(self._transport.models, self.retry, self._deadline(timeout))
 
+    def detect(
+        self, text: str, *, top: int | None = None, timeout: float | None = None
+    ) -> list[DetectedLanguage]:
+        """The languages `text` is most likely in (`top` of them, server default 3),
+        most likely first, over the languages the server's models serve."""
+        return with_retries(lambda left: self._transport.detect(text, top, left), self.retry,
+                            self._deadline(timeout))
+
     def _task(self, call: TaskCall, timeout: float | None) -> TaskResult:
         return with_retries(lambda left: self._transport.task(call, left), self.retry,
                             self._deadline(timeout))
@@ -214,6 +230,13 @@ class AsyncClient(_Base):
         """Every model the server serves."""
         return await with_retries_async(self._transport.models, self.retry,
                                         self._deadline(timeout))
+
+    async def detect(
+        self, text: str, *, top: int | None = None, timeout: float | None = None
+    ) -> list[DetectedLanguage]:
+        """The languages `text` is most likely in, most likely first."""
+        return await with_retries_async(lambda left: self._transport.detect(text, top, left),
+                                        self.retry, self._deadline(timeout))
 
     async def _task(self, call: TaskCall, timeout: float | None) -> TaskResult:
         return await with_retries_async(lambda left: self._transport.task(call, left),

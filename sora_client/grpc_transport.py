@@ -15,7 +15,9 @@ from proto.sora.v1 import sora_pb2 as pb
 from proto.sora.v1 import sora_pb2_grpc
 from sora_client.errors import from_grpc
 from sora_client.types import (
+    Candidate,
     DecodingOptions,
+    DetectedLanguage,
     ModelCard,
     Result,
     StreamPiece,
@@ -76,12 +78,37 @@ def _usage(u: pb.Usage) -> Usage:
     return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
 
 
+def _detected(r: pb.Result) -> DetectedLanguage | None:
+    # Stubs generated before language detection have no such field: none was detected.
+    if "detected_language" not in r.DESCRIPTOR.fields_by_name or not r.HasField(
+        "detected_language"
+    ):
+        return None
+    d = r.detected_language
+    return DetectedLanguage(d.language, d.confidence)
+
+
+def _result(r: pb.Result) -> Result:
+    return Result(
+        r.text, FINISH_REASONS.get(r.finish_reason, "unspecified"), _usage(r.usage),
+        candidates=[Candidate(c.text, c.score) for c in getattr(r, "candidates", ())],
+        detected_language=_detected(r),
+    )
+
+
 def task_result(reply: Any) -> TaskResult:
     return TaskResult(
         model=reply.model, version=reply.version, usage=_usage(reply.usage),
-        results=[Result(r.text, FINISH_REASONS.get(r.finish_reason, "unspecified"),
-                        _usage(r.usage)) for r in reply.results],
+        results=[_result(r) for r in reply.results],
     )
+
+
+def languages(reply: Any) -> list[DetectedLanguage]:
+    return [DetectedLanguage(d.language, d.confidence) for d in reply.languages]
+
+
+def detect_message(text: str, top: int | None) -> Any:
+    return pb.DetectRequest(text=text, top=top or 0)
 
 
 def stream_piece(m: pb.GenerateStreamResponse) -> StreamPiece:
@@ -134,6 +161,13 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
+    def detect(self, text: str, top: int | None, left: float | None) -> list[DetectedLanguage]:
+        try:
+            return languages(self._stub.Detect(
+                detect_message(text, top), timeout=left, metadata=self._metadata))
+        except grpc.RpcError as e:
+            raise from_grpc(e) from None
+
     def stream(self, call: TaskCall, left: float | None) -> Iterator[StreamPiece]:
         replies = self._stub.GenerateStream(stream_message(call), timeout=left,
                                             metadata=self._metadata)
@@ -181,6 +215,15 @@ class AsyncGrpcTransport:
         try:
             return model_cards(await self._stub.ListModels(
                 pb.ListModelsRequest(), timeout=left, metadata=self._metadata))
+        except grpc.RpcError as e:
+            raise from_grpc(e) from None
+
+    async def detect(
+        self, text: str, top: int | None, left: float | None
+    ) -> list[DetectedLanguage]:
+        try:
+            return languages(await self._stub.Detect(
+                detect_message(text, top), timeout=left, metadata=self._metadata))
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 

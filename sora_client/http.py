@@ -14,7 +14,16 @@ from typing import Any
 import httpx
 
 from sora_client.errors import DeadlineExceeded, SoraError, Unavailable, from_http
-from sora_client.types import ModelCard, Result, StreamPiece, TaskCall, TaskResult, Usage
+from sora_client.types import (
+    Candidate,
+    DetectedLanguage,
+    ModelCard,
+    Result,
+    StreamPiece,
+    TaskCall,
+    TaskResult,
+    Usage,
+)
 
 TIMEOUT_GRACE_S = 1.0
 
@@ -60,12 +69,28 @@ def _usage(d: dict[str, Any]) -> Usage:
     return Usage(prompt_tokens=d["prompt_tokens"], completion_tokens=d["completion_tokens"])
 
 
+def _result(r: dict[str, Any]) -> Result:
+    detected = r.get("detected_language")
+    return Result(
+        r["text"], r["finish_reason"], _usage(r["usage"]),
+        candidates=[Candidate(c["text"], c["score"]) for c in r.get("candidates") or ()],
+        detected_language=DetectedLanguage(**detected) if detected else None,
+    )
+
+
 def task_result(body: dict[str, Any]) -> TaskResult:
     return TaskResult(
         model=body["model"], version=body["version"], usage=_usage(body["usage"]),
-        results=[Result(r["text"], r["finish_reason"], _usage(r["usage"]))
-                 for r in body["results"]],
+        results=[_result(r) for r in body["results"]],
     )
+
+
+def detect_body(text: str, top: int | None) -> dict[str, Any]:
+    return {"text": text} if top is None else {"text": text, "top": top}
+
+
+def languages(body: dict[str, Any]) -> list[DetectedLanguage]:
+    return [DetectedLanguage(**d) for d in body["languages"]]
 
 
 def model_cards(body: dict[str, Any]) -> list[ModelCard]:
@@ -149,6 +174,9 @@ class HttpTransport:
     def models(self, left: float | None) -> list[ModelCard]:
         return model_cards(self._send("GET", "/v1/models", None, left).json())
 
+    def detect(self, text: str, top: int | None, left: float | None) -> list[DetectedLanguage]:
+        return languages(self._send("POST", "/v1/detect", detect_body(text, top), left).json())
+
     def stream(self, call: TaskCall, left: float | None) -> Iterator[StreamPiece]:
         path, body = request_body(call, stream=True)
         response = self._send("POST", path, body, left, stream=True)
@@ -197,6 +225,12 @@ class AsyncHttpTransport:
 
     async def models(self, left: float | None) -> list[ModelCard]:
         return model_cards((await self._send("GET", "/v1/models", None, left)).json())
+
+    async def detect(
+        self, text: str, top: int | None, left: float | None
+    ) -> list[DetectedLanguage]:
+        reply = await self._send("POST", "/v1/detect", detect_body(text, top), left)
+        return languages(reply.json())
 
     async def stream(self, call: TaskCall, left: float | None) -> AsyncIterator[StreamPiece]:
         path, body = request_body(call, stream=True)

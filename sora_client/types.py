@@ -24,6 +24,7 @@ class DecodingOptions:
     length_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     ignore_eos: bool | None = None
+    num_return_sequences: int | None = None  # beam only: the n best in Result.candidates
 
     def given(self) -> dict[str, Any]:
         """The fields set, by name."""
@@ -41,12 +42,30 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class DetectedLanguage:
+    language: str  # a code: en, de, ...
+    confidence: float  # probability in [0, 1] over the languages the server's models serve
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of a beam search's n best outputs."""
+
+    text: str
+    score: float  # log-probability / length ** length_penalty
+
+
+@dataclass(frozen=True)
 class Result:
     """The output for one input."""
 
     text: str
     finish_reason: str  # "eos" or "length"
     usage: Usage
+    # options.num_return_sequences > 1: the n best outputs, best (= text) first.
+    candidates: list[Candidate] = field(default_factory=list)
+    # translate without source_lang: the language the server detected.
+    detected_language: DetectedLanguage | None = None
 
 
 @dataclass(frozen=True)
