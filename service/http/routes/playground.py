@@ -25,6 +25,7 @@ async def index() -> FileResponse:
     return FileResponse(PLAYGROUND_DIR / "index.html", headers=HEADERS)
 
 
-def mount_assets(app: FastAPI) -> None:
-    """The page's scripts and styles under /playground/."""
+def mount_playground(app: FastAPI) -> None:
+    """The page at / and its scripts and styles under /playground/."""
+    app.include_router(router)
     app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR), name="playground")
