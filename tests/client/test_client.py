@@ -182,8 +182,17 @@ def test_http_and_grpc_agree(server: Any) -> None:
         pytest.skip("the gRPC front end is not available")
     beam = DecodingOptions(strategy="beam", beam_size=3, max_new_tokens=8)
     with Client(server.http_url) as h, Client(f"grpc://{server.grpc_target}") as g:
-        assert h.translate(["Hello", "Bonjour"], "de", options=beam) == g.translate(
-            ["Hello", "Bonjour"], "de", options=beam)
+        over_http = h.translate(["Hello", "Bonjour"], "de", options=beam)
+        over_grpc = g.translate(["Hello", "Bonjour"], "de", options=beam)
+        assert (over_http.model, over_http.version, over_http.usage) == (
+            over_grpc.model, over_grpc.version, over_grpc.usage)
+        for a, b in zip(over_http.results, over_grpc.results, strict=True):
+            assert (a.text, a.finish_reason, a.usage) == (b.text, b.finish_reason, b.usage)
+            if a.detected_language is not None:  # gRPC sends a float32 confidence
+                assert b.detected_language is not None
+                assert a.detected_language.language == b.detected_language.language
+                assert a.detected_language.confidence == pytest.approx(
+                    b.detected_language.confidence, rel=1e-6)
         assert h.models() == g.models()
 
 
