@@ -101,16 +101,16 @@ function showStatus(reply, seconds) {
 function showResult(reply, seconds) {
   const result = reply.results[0];
   $("output").textContent = result.text;
-  const alternatives = (result.alternatives || []).slice(1);
+  // results[].candidates: the n best, best (= text) first; the rest are alternatives.
+  const alternatives = (result.candidates || []).slice(1);
   const list = $("alternatives-list");
   for (const alt of alternatives) {
     const item = document.createElement("li");
-    item.textContent = alt.score === undefined ? alt.text
-      : `${alt.text}  (score ${Number(alt.score).toFixed(3)})`;
+    item.textContent = `${alt.text}  (score ${alt.score.toFixed(3)})`;
     list.append(item);
   }
   list.hidden = alternatives.length === 0;
-  showDetected(result.detected_language || reply.detected_language);
+  showDetected(result.detected_language);
   showStatus(reply, seconds);
 }
 
@@ -118,11 +118,18 @@ function showDetected(detected) {
   const el = $("detected");
   el.hidden = !detected;
   if (detected) {
-    const language = detected.language || detected;
-    const confidence = detected.confidence === undefined ? ""
-      : ` (confidence ${Math.round(detected.confidence * (detected.confidence > 1 ? 1 : 100))}%)`;
-    el.textContent = `Detected: ${languageName(language)}${confidence}`;
+    el.textContent = `Detected: ${languageName(detected.language)} ` +
+      `(confidence ${Math.round(detected.confidence * 100)}%)`;
   }
+}
+
+// A stream carries no detected language: ask POST /v1/detect beside it. A server
+// without detection (404) just shows none.
+async function detectBeside(text) {
+  const response = await fetch("/v1/detect", {
+    method: "POST", headers: headers(), body: JSON.stringify({ text, top: 1 }),
+  });
+  if (response.ok) showDetected((await response.json()).languages[0]);
 }
 
 // Server-Sent Events: `data: {"index", "text"}` per piece, then `event: done` (usage,
@@ -141,10 +148,8 @@ async function readStream(response, started) {
     if (!data.length) return;
     const payload = JSON.parse(data.join("\n"));
     if (name === "error") showError(payload.error);
-    else if (name === "done") {
-      showDetected(payload.detected_language);
-      showStatus(payload, (performance.now() - started) / 1000);
-    } else $("output").textContent += payload.text;
+    else if (name === "done") showStatus(payload, (performance.now() - started) / 1000);
+    else $("output").textContent += payload.text;
   };
   for (;;) {
     const { value, done } = await reader.read();
@@ -177,7 +182,10 @@ async function run(event) {
       $("status").textContent = "";
       showError(await apiError(response));
     } else if (body.stream) {
+      const detecting = task() === "translate" && !body.source_lang && body.text.trim()
+        ? detectBeside(body.text) : null;
       await readStream(response, started);
+      await detecting;
     } else {
       showResult(await response.json(), (performance.now() - started) / 1000);
     }

@@ -192,3 +192,33 @@ def test_the_api_key_field(browser: Any, server: Any) -> None:
         wait_until(browser, lambda d: "tokens" in by_id(d, "status").text, "the translation")
         assert by_id(browser, "output").text
     browser.execute_script("sessionStorage.clear()")
+
+
+def test_alternatives_and_the_detected_language(browser: Any, server: Any) -> None:
+    api = httpx.get(server.http_url + "/openapi.json").json()
+    if "/v1/detect" not in api["paths"] or "num_return_sequences" not in (
+            api["components"]["schemas"]["DecodingOptions"]["properties"]):
+        pytest.skip("this server has no language detection or n-best candidates")
+    text = "Dieses Paket enthält die Entwicklungsdateien und die Dokumentation."
+    open_page(browser, server)
+    assert by_id(browser, "source").get_attribute("value") == ""  # Auto-detect
+    type_into(browser, "text", text)
+    browser.execute_script("document.getElementById('target').value = 'en'")
+    browser.execute_script("document.querySelector('details').open = true")
+    type_into(browser, "max-new-tokens", "8")
+    type_into(browser, "alternatives", "2")
+    by_id(browser, "run").click()
+    wait_until(browser, lambda d: "tokens" in by_id(d, "status").text, "the reply")
+    expected = httpx.post(server.http_url + "/v1/translate", timeout=60, json={
+        "text": text, "target_lang": "en", "options": {
+            "max_new_tokens": 8, "strategy": "beam", "beam_size": 4,
+            "num_return_sequences": 3}}).json()["results"][0]
+    assert by_id(browser, "output").text == expected["text"].strip()
+    shown = [li.text for li in by_id(browser, "alternatives-list")
+             .find_elements("tag name", "li")]
+    assert shown == [f"{c['text']}  (score {c['score']:.3f})".strip()
+                     for c in expected["candidates"][1:]]
+    detected = expected["detected_language"]
+    assert detected["language"] == "de"
+    assert by_id(browser, "detected").text == (
+        f"Detected: German (de) (confidence {round(detected['confidence'] * 100)}%)")
