@@ -106,7 +106,7 @@ function showResult(reply, seconds) {
   const list = $("alternatives-list");
   for (const alt of alternatives) {
     const item = document.createElement("li");
-    item.textContent = `${alt.text}  (score ${alt.score.toFixed(3)})`;
+    item.textContent = `${alt.text} (score ${alt.score.toFixed(3)})`;
     list.append(item);
   }
   list.hidden = alternatives.length === 0;
