@@ -214,11 +214,19 @@ async function copy() {
   setTimeout(() => { $("copy").textContent = "Copy"; }, 1500);
 }
 
+// N-best comes from beam search, which is not streamed: the stream box is off meanwhile.
+function syncStream() {
+  const nBest = task() === "translate" && (parseInt($("alternatives").value, 10) || 0) > 0;
+  $("stream").disabled = nBest;
+  $("stream").parentElement.title = nBest ? "alternatives come in one reply" : "";
+}
+
 function switchTask() {
   const t = task();
   for (const el of document.querySelectorAll("[data-task]")) el.hidden = el.dataset.task !== t;
   $("run").textContent = LABELS[t];
   $("text-label").textContent = t === "answer" ? "Question" : "Text";
+  syncStream();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -230,6 +238,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const radio of document.querySelectorAll("input[name=task]")) {
     radio.addEventListener("change", switchTask);
   }
+  $("alternatives").addEventListener("input", syncStream);
   $("form").addEventListener("submit", run);
   $("copy").addEventListener("click", copy);
   switchTask();
