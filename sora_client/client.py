@@ -9,7 +9,7 @@ repeat output the caller already has.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +27,8 @@ from sora_client.types import (
 )
 
 DEFAULT_TIMEOUT_S = 60.0
+Pieces = Generator[StreamPiece, None, None]
+AsyncPieces = AsyncGenerator[StreamPiece, None]
 _TASKS = ("translate", "summarize", "answer")
 
 
@@ -133,14 +135,17 @@ class Client(_Base):
                          context=context, model=model, options=options)
         deadline = self._deadline(timeout)
 
-        def first(left: float | None) -> tuple[StreamPiece | None, Iterator[StreamPiece]]:
+        def first(left: float | None) -> tuple[StreamPiece | None, Pieces]:
             pieces = self._transport.stream(call, left)
             return next(pieces, None), pieces
 
         piece, rest = with_retries(first, self.retry, deadline)
-        if piece is not None:
-            yield piece
-            yield from rest
+        try:
+            if piece is not None:
+                yield piece
+                yield from rest
+        finally:
+            rest.close()  # a caller that stops early ends the call: the server stops decoding
 
     def models(self, *, timeout: float | None = None) -> list[ModelCard]:
         """Every model the server serves."""
@@ -216,15 +221,18 @@ class AsyncClient(_Base):
 
         async def first(
             left: float | None,
-        ) -> tuple[StreamPiece | None, AsyncIterator[StreamPiece]]:
+        ) -> tuple[StreamPiece | None, AsyncPieces]:
             pieces = self._transport.stream(call, left)
             return await anext(pieces, None), pieces
 
         piece, rest = await with_retries_async(first, self.retry, deadline)
-        if piece is not None:
-            yield piece
-            async for piece in rest:
+        try:
+            if piece is not None:
                 yield piece
+                async for piece in rest:
+                    yield piece
+        finally:
+            await rest.aclose()
 
     async def models(self, *, timeout: float | None = None) -> list[ModelCard]:
         """Every model the server serves."""

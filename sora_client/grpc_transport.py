@@ -6,7 +6,7 @@ its engine; the API key travels as `authorization: Bearer KEY` metadata.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import grpc
@@ -168,7 +168,7 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
-    def stream(self, call: TaskCall, left: float | None) -> Iterator[StreamPiece]:
+    def stream(self, call: TaskCall, left: float | None) -> Generator[StreamPiece, None, None]:
         replies = self._stub.GenerateStream(stream_message(call), timeout=left,
                                             metadata=self._metadata)
         try:
@@ -227,7 +227,7 @@ class AsyncGrpcTransport:
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
-    async def stream(self, call: TaskCall, left: float | None) -> AsyncIterator[StreamPiece]:
+    async def stream(self, call: TaskCall, left: float | None) -> AsyncGenerator[StreamPiece, None]:
         replies = self._stub.GenerateStream(stream_message(call), timeout=left,
                                             metadata=self._metadata)
         try:

@@ -8,7 +8,7 @@ longer than that, so the server's own 504 is what the caller sees.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from sora_client.types import (
     TaskCall,
     TaskResult,
     Usage,
+    known_fields,
 )
 
 TIMEOUT_GRACE_S = 1.0
@@ -74,7 +75,8 @@ def _result(r: dict[str, Any]) -> Result:
     return Result(
         r["text"], r["finish_reason"], _usage(r["usage"]),
         candidates=[Candidate(c["text"], c["score"]) for c in r.get("candidates") or ()],
-        detected_language=DetectedLanguage(**detected) if detected else None,
+        detected_language=DetectedLanguage(detected["language"], detected["confidence"])
+        if detected else None,
     )
 
 
@@ -90,11 +92,11 @@ def detect_body(text: str, top: int | None) -> dict[str, Any]:
 
 
 def languages(body: dict[str, Any]) -> list[DetectedLanguage]:
-    return [DetectedLanguage(**d) for d in body["languages"]]
+    return [DetectedLanguage(d["language"], d["confidence"]) for d in body["languages"]]
 
 
 def model_cards(body: dict[str, Any]) -> list[ModelCard]:
-    return [ModelCard(**card) for card in body["models"]]
+    return [ModelCard(**known_fields(ModelCard, card)) for card in body["models"]]
 
 
 def error_for(response: httpx.Response) -> SoraError:
@@ -177,7 +179,7 @@ class HttpTransport:
     def detect(self, text: str, top: int | None, left: float | None) -> list[DetectedLanguage]:
         return languages(self._send("POST", "/v1/detect", detect_body(text, top), left).json())
 
-    def stream(self, call: TaskCall, left: float | None) -> Iterator[StreamPiece]:
+    def stream(self, call: TaskCall, left: float | None) -> Generator[StreamPiece, None, None]:
         path, body = request_body(call, stream=True)
         response = self._send("POST", path, body, left, stream=True)
         decoder = SseDecoder()
@@ -232,7 +234,7 @@ class AsyncHttpTransport:
         reply = await self._send("POST", "/v1/detect", detect_body(text, top), left)
         return languages(reply.json())
 
-    async def stream(self, call: TaskCall, left: float | None) -> AsyncIterator[StreamPiece]:
+    async def stream(self, call: TaskCall, left: float | None) -> AsyncGenerator[StreamPiece, None]:
         path, body = request_body(call, stream=True)
         response = await self._send("POST", path, body, left, stream=True)
         decoder = SseDecoder()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Task = Literal["translate", "summarize", "answer"]
@@ -109,6 +109,12 @@ class ModelCard:
     max_source_tokens: int
     max_new_tokens: int
     status: str
+
+
+def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` less the keys `cls` has no field for: a newer server may send more."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import stepwise, wait_for
 
 from sora_client import (
     AsyncClient,
@@ -85,6 +87,30 @@ def test_stream_pieces_join_to_the_unary_output(client: Client) -> None:
     assert all(p.finish_reason is None for p in pieces[:-1])
     unary = client.translate("Hello world", "de", options=DecodingOptions(max_new_tokens=12))
     assert "".join(p.text for p in pieces) == unary.text
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_leaving_a_stream_early_cancels_it_on_the_server(server: Any, protocol: str) -> None:
+    client = Client(url(server, protocol))
+    labels = {"model": "tiny", "task": "summarize", "protocol": protocol,
+              "outcome": "cancelled"}
+
+    def cancelled() -> float:
+        return server.metrics.registry.get_sample_value("sora_requests_total", labels) or 0.0
+
+    before = cancelled()
+    long = DecodingOptions(max_new_tokens=256, ignore_eos=True)
+    pieces = client.stream("summarize", "Hello", options=long)
+    with stepwise(server) as (steps, _):  # the stream cannot finish on its own meanwhile
+        first = threading.Thread(target=lambda: next(pieces))
+        first.start()
+        while first.is_alive():  # one decode step at a time until the first piece
+            steps.release()
+            first.join(0.005)
+        pieces.close()  # what leaving a for loop over it does
+    wait_for(lambda: cancelled() == before + 1, "the server to count the stream cancelled")
+    wait_for(lambda: server.accepted() == 0, "the rows to be freed")
+    client.close()
 
 
 def test_models(client: Client) -> None:

@@ -5,14 +5,13 @@ and shows the API's own error for an empty input or a missing API key."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from support import stepwise
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -85,28 +84,6 @@ def type_into(driver: Any, element_id: str, text: str) -> None:
     element.send_keys(text)
 
 
-@contextlib.contextmanager
-def one_step_at_a_time(running: Any) -> Iterator[tuple[threading.Semaphore, threading.Event]]:
-    """Decode steps wait for a release of the semaphore each (or for the event, which
-    frees them all), so a test can look at a stream part-way."""
-    steps, free = threading.Semaphore(0), threading.Event()
-    engines = running.registry.engines()
-    for engine in engines:
-        def step(*args: Any, _original: Callable[..., Any] = engine.runner.step) -> Any:
-            if not free.is_set():
-                steps.acquire(timeout=WAIT_S)
-            return _original(*args)
-
-        engine.runner.step = step
-    try:
-        yield steps, free
-    finally:
-        free.set()
-        steps.release(10_000)
-        for engine in engines:
-            del engine.runner.step
-
-
 def test_translate_streams_the_output_as_it_is_decoded(browser: Any, server: Any) -> None:
     open_page(browser, server)
     source = browser.execute_script(
@@ -120,7 +97,7 @@ def test_translate_streams_the_output_as_it_is_decoded(browser: Any, server: Any
     expected = httpx.post(server.http_url + "/v1/translate", timeout=60, json={
         "text": "Hello world, how are you today?", "target_lang": "fr",
         "options": {"max_new_tokens": 40}}).json()["results"][0]["text"]
-    with one_step_at_a_time(server) as (steps, free):
+    with stepwise(server) as (steps, free):
         by_id(browser, "run").click()
 
         def partial(driver: Any) -> str | None:
