@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import stepwise, wait_for
+from support import wait_for
 
 from sora_client import (
     AsyncClient,
@@ -101,7 +101,7 @@ def test_leaving_a_stream_early_cancels_it_on_the_server(server: Any, protocol: 
     before = cancelled()
     long = DecodingOptions(max_new_tokens=256, ignore_eos=True)
     pieces = client.stream("summarize", "Hello", options=long)
-    with stepwise(server) as (steps, _):  # the stream cannot finish on its own meanwhile
+    with server.stepwise() as (steps, _):  # the stream cannot finish on its own meanwhile
         first = threading.Thread(target=lambda: next(pieces))
         first.start()
         while first.is_alive():  # one decode step at a time until the first piece

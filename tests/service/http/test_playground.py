@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support import stepwise
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -97,7 +96,7 @@ def test_translate_streams_the_output_as_it_is_decoded(browser: Any, server: Any
     expected = httpx.post(server.http_url + "/v1/translate", timeout=60, json={
         "text": "Hello world, how are you today?", "target_lang": "fr",
         "options": {"max_new_tokens": 40}}).json()["results"][0]["text"]
-    with stepwise(server) as (steps, free):
+    with server.stepwise() as (steps, free):
         by_id(browser, "run").click()
 
         def partial(driver: Any) -> str | None:
