@@ -9,7 +9,7 @@ repeat output the caller already has.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +27,7 @@ from sora_client.types import (
 )
 
 DEFAULT_TIMEOUT_S = 60.0
-Pieces = Generator[StreamPiece, None, None]
+Pieces = Generator[StreamPiece, None, None]  # what stream() returns
 AsyncPieces = AsyncGenerator[StreamPiece, None]
 _TASKS = ("translate", "summarize", "answer")
 
@@ -129,8 +129,9 @@ class Client(_Base):
         self, task: Task, text: str, *, target_lang: str | None = None,
         source_lang: str | None = None, context: str | None = None, model: str | None = None,
         options: DecodingOptions | None = None, timeout: float | None = None,
-    ) -> Iterator[StreamPiece]:
-        """The output for one input, piece by piece as it is decoded."""
+    ) -> Pieces:
+        """The output for one input, piece by piece as it is decoded. Leaving the loop
+        early (or close()) ends the call, and the server stops decoding it."""
         call = task_call(task, text, target_lang=target_lang, source_lang=source_lang,
                          context=context, model=model, options=options)
         deadline = self._deadline(timeout)
@@ -213,8 +214,8 @@ class AsyncClient(_Base):
         self, task: Task, text: str, *, target_lang: str | None = None,
         source_lang: str | None = None, context: str | None = None, model: str | None = None,
         options: DecodingOptions | None = None, timeout: float | None = None,
-    ) -> AsyncIterator[StreamPiece]:
-        """The output for one input, piece by piece as it is decoded."""
+    ) -> AsyncPieces:
+        """The output for one input, piece by piece as it is decoded; aclose() ends it."""
         call = task_call(task, text, target_lang=target_lang, source_lang=source_lang,
                          context=context, model=model, options=options)
         deadline = self._deadline(timeout)
