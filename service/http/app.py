@@ -22,6 +22,7 @@ from service.http.errors import install_error_handlers
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.http.routes import health, models, oip, tasks
 from service.http.routes import metrics as metrics_route
+from service.http.routes.playground import mount_playground
 from service.http.state import ServerState
 from service.metrics import Metrics
 
@@ -93,6 +94,7 @@ def build_app(
     for router in (tasks.router, models.router, health.router, metrics_route.router,
                    oip.router, oip.open_router):
         app.include_router(router)
+    mount_playground(app)  # GET / and /playground/*
     # Added innermost first: requests pass RequestContext -> CORS -> BodyLimit -> routes,
     # so 413s and CORS answers carry the request id and are counted.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
