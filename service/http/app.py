@@ -20,7 +20,7 @@ from service.engine.core_client import CoreOptions
 from service.engine.registry import ModelRegistry
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.http.routes import health, models, oip, tasks
+from service.http.routes import health, libretranslate, models, oip, tasks
 from service.http.routes import metrics as metrics_route
 from service.http.state import ServerState
 from service.metrics import Metrics
@@ -90,8 +90,8 @@ def build_app(
     app.state.registry = registry
     install_error_handlers(app)
     # oip.open_router last: it ends with the catch-all 404 for unknown /v2 paths.
-    for router in (tasks.router, models.router, health.router, metrics_route.router,
-                   oip.router, oip.open_router):
+    for router in (tasks.router, libretranslate.router, models.router, health.router,
+                   metrics_route.router, oip.router, oip.open_router):
         app.include_router(router)
     # Added innermost first: requests pass RequestContext -> CORS -> BodyLimit -> routes,
     # so 413s and CORS answers carry the request id and are counted.

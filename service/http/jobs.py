@@ -41,6 +41,7 @@ def submit_all(
     stream: bool,
     request_id: str,
     text_fields: Sequence[str],
+    protocol: str = "http",
 ) -> list[Job]:
     """Submit every input; if one is refused, cancel the others and raise the refusal
     as an ApiError naming the REST field (`texts[2]`, `options.max_new_tokens`)."""
@@ -49,7 +50,7 @@ def submit_all(
         rid = request_id if len(inputs) == 1 else f"{request_id}.{i}"
         try:
             jobs.append(engine.submit(
-                inp, params, timeout=timeout, protocol="http", stream=stream, request_id=rid,
+                inp, params, timeout=timeout, protocol=protocol, stream=stream, request_id=rid,
             ))
         except EngineError as e:
             for job in jobs:

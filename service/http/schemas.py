@@ -57,7 +57,9 @@ class _TextsRequest(_TaskRequest):
 
 class TranslateRequest(_TextsRequest):
     target_lang: str = Field(description="language code, e.g. de")
-    source_lang: str | None = Field(default=None, description="optional hint")
+    source_lang: str | None = Field(
+        default=None, description="the texts' language; omitted or `auto`: detected"
+    )
 
 
 class SummarizeRequest(_TextsRequest):
@@ -77,10 +79,29 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class DetectedLanguage(BaseModel):
+    language: str
+    confidence: float = Field(description="0..1 over the served languages")
+
+
+class DetectRequest(BaseModel):
+    model_config = _FORBID
+
+    text: str = Field(min_length=1, description="at most the server's max_input_chars")
+    top: int = Field(default=3, ge=1, le=10, description="how many languages to return")
+
+
+class DetectResponse(BaseModel):
+    languages: list[DetectedLanguage] = Field(description="most likely first")
+
+
 class Result(BaseModel):
     text: str
     finish_reason: Literal["eos", "length"]
     usage: Usage
+    detected_language: DetectedLanguage | None = Field(
+        default=None, description="when the source language was detected"
+    )
 
 
 class TaskResponse(BaseModel):

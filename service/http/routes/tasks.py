@@ -10,11 +10,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.sampling import DecodingParams
+from service.engine.autodetect import detect, route
 from service.engine.protocol import EngineClient
 from service.engine.request import TaskInput
 from service.http.deps import (
     CallContext,
     call_context,
+    get_registry,
     get_settings,
     require_api_key,
     resolve_engine,
@@ -24,6 +26,9 @@ from service.http.jobs import ClientDisconnected, sse_stream, submit_all, task_r
 from service.http.schemas import (
     AnswerRequest,
     DecodingOptions,
+    DetectedLanguage,
+    DetectRequest,
+    DetectResponse,
     ErrorResponse,
     SummarizeRequest,
     TaskResponse,
@@ -96,8 +101,9 @@ async def _run(
     options: DecodingOptions,
     stream: bool,
     max_length: int | None = None,
+    engine: EngineClient | None = None,
 ) -> Response | TaskResponse:
-    engine = resolve_engine(request, model)
+    engine = engine or resolve_engine(request, model)
     request.state.model = engine.name  # refusals from here on are counted per model
     params = _params(options, engine, max_length)
     jobs = submit_all(
@@ -118,16 +124,42 @@ async def _run(
     return task_response(engine, completions)
 
 
-@router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def translate(
     body: TranslateRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:
-    """Translate `text` (or each of `texts`) into `target_lang`."""
+    """Translate `text` (or each of `texts`) into `target_lang`; without `source_lang`
+    (or with `auto`) each text's language is detected and reported."""
     texts, fields = _texts(body, get_settings(request).max_batch_texts)
+    resolve_engine(request, body.model)  # 503 while loading or draining, 404 unknown model
+    chosen = route(get_registry(request), body.model, body.source_lang, body.target_lang,
+                   texts, fields)
+    detected = chosen.detections
     inputs = [TaskInput("translate", t, target_lang=body.target_lang,
-                        source_lang=body.source_lang) for t in texts]
-    return await _run(request, ctx, "translate", body.model, inputs, fields, body.options,
-                      body.stream)
+                        source_lang=detected[i].language if detected else body.source_lang)
+              for i, t in enumerate(texts)]
+    response = await _run(request, ctx, "translate", body.model, inputs, fields, body.options,
+                          body.stream, engine=chosen.engine)
+    if detected and isinstance(response, TaskResponse):
+        for result, d in zip(response.results, detected, strict=True):
+            result.detected_language = DetectedLanguage(language=d.language,
+                                                        confidence=d.confidence)
+    return response
+
+
+@router.post("/detect", response_model=DetectResponse, responses=ERRORS)
+async def detect_language(body: DetectRequest, request: Request) -> DetectResponse:
+    """The languages `text` is most likely in, over the languages the models serve."""
+    resolve_engine(request, None)
+    limit = get_settings(request).max_input_chars
+    if len(body.text) > limit:
+        raise ApiError(400, "input_too_long",
+                       f"text has {len(body.text)} characters; the limit is {limit}", field="text")
+    found = detect(get_registry(request), body.text, top=body.top)
+    return DetectResponse(languages=[
+        DetectedLanguage(language=d.language, confidence=d.confidence) for d in found
+    ])
 
 
 @router.post("/summarize", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
