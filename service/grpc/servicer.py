@@ -17,12 +17,14 @@ import grpc
 
 from model.sampling import DecodingParams
 from proto.sora.v1 import sora_pb2, sora_pb2_grpc
+from service.engine.autodetect import detect, route
 from service.engine.engine import ModelInfo
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest
 from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
 from service.engine.request import Completion, Job, TaskInput
 from service.grpc.errors import to_grpc
+from service.langdetect import Detection
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,10 @@ def _result(c: Completion) -> sora_pb2.Result:
     )
 
 
+def _score(d: Detection) -> sora_pb2.LanguageScore:
+    return sora_pb2.LanguageScore(language=d.language, confidence=d.confidence)
+
+
 def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
     return sora_pb2.ModelInfo(
         name=info.name,
@@ -146,20 +152,55 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
     async def Translate(
         self, request: sora_pb2.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> sora_pb2.TranslateResponse:
+        texts = list(request.texts)
+        engine, detected = None, None
+        if 0 < len(texts) <= self.max_batch_texts and request.target_lang:
+            try:  # source_lang empty or "auto": detect, and route to a model serving it
+                chosen = route(self.registry, request.model or None,
+                               request.source_lang or None, request.target_lang, texts,
+                               [f"texts[{i}]" for i in range(len(texts))])
+            except EngineError as e:
+                await self._reject(context, e, e.field, None, "translate")
+                raise AssertionError("unreachable: abort raises") from None
+            engine, detected = chosen.engine, chosen.detections
         inputs = [
             TaskInput(
                 "translate", text, target_lang=request.target_lang or None,
-                source_lang=request.source_lang or None,
+                source_lang=detected[i].language if detected else request.source_lang or None,
             )
-            for text in request.texts
+            for i, text in enumerate(texts)
         ]
         paths = [_field_path(f"texts[{i}]", {"text": ""}) for i in range(len(inputs))]
-        results, model, version = await self._unary("translate", "texts", inputs, paths,
-                                                     request, context)
-        return sora_pb2.TranslateResponse(
-            results=[_result(c) for c in results], model=model, version=version,
-            usage=_total_usage(results),
+        results, model, version = await self._unary(
+            "translate", "texts", inputs, paths, request, context,
+            engine=None if request.model else engine,
         )
+        out = [_result(c) for c in results]
+        for result, d in zip(out, detected or [], strict=False):
+            result.detected_language.CopyFrom(_score(d))
+        return sora_pb2.TranslateResponse(
+            results=out, model=model, version=version, usage=_total_usage(results),
+        )
+
+    async def Detect(
+        self, request: sora_pb2.DetectRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.DetectResponse:
+        try:
+            limit = self.registry.config.max_input_chars
+            if not request.text:
+                raise InvalidRequest("text must be a non-empty string", field="text")
+            if len(request.text) > limit:
+                raise InvalidRequest(
+                    f"text has {len(request.text)} characters; the limit is {limit}",
+                    field="text",
+                )
+            if not 0 <= request.top <= 10:
+                raise InvalidRequest("top must be between 1 and 10 (0: 3)", field="top")
+            found = detect(self.registry, request.text, top=request.top or 3)
+        except EngineError as e:
+            await self._reject(context, e, e.field, None, "detect")
+            raise AssertionError("unreachable: abort raises") from None
+        return sora_pb2.DetectResponse(languages=[_score(d) for d in found])
 
     async def Summarize(
         self, request: sora_pb2.SummarizeRequest, context: grpc.aio.ServicerContext
@@ -251,9 +292,10 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         paths: list[FieldPath],
         request: Any,
         context: grpc.aio.ServicerContext,
+        engine: EngineClient | None = None,
     ) -> tuple[list[Completion], str, str]:
-        """Submit every input, then wait for all; (completions, model, version)."""
-        engine: EngineClient | None = None
+        """Submit every input, then wait for all; (completions, model, version). `engine`
+        given: the one routing chose, else the request's model."""
         jobs: list[Job] = []
         path: FieldPath = _field_path("", {})
         try:
@@ -266,7 +308,10 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
                     f"{self.max_batch_texts}",
                     field=list_field,
                 )
-            engine = self.registry.get(request.model or None, request.version or None)
+            if engine is None:
+                engine = self.registry.get(request.model or None, request.version or None)
+            elif request.version:
+                engine = self.registry.get(engine.name, request.version)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )
