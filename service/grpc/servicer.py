@@ -45,7 +45,7 @@ FINISH_REASONS = {"eos": sora_pb2.FINISH_REASON_EOS, "length": sora_pb2.FINISH_R
 # DecodingOptions fields with presence, copied to DecodingParams only when set.
 OPTIONAL_FIELDS = (
     "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty",
-    "no_repeat_ngram_size", "min_new_tokens",
+    "no_repeat_ngram_size", "min_new_tokens", "num_return_sequences",
 )
 # Engine field names that are decoding options in the request.
 OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos"}
@@ -111,6 +111,8 @@ def _result(c: Completion) -> sora_pb2.Result:
         text=c.text,
         finish_reason=FINISH_REASONS.get(c.finish_reason, sora_pb2.FINISH_REASON_UNSPECIFIED),
         usage=_usage(c),
+        candidates=[sora_pb2.Candidate(text=k.text, score=k.score)
+                    for k in c.candidates or ()],
     )
 
 

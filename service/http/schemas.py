@@ -30,6 +30,10 @@ class DecodingOptions(BaseModel):
     early_stopping: bool = Field(default=True, description="beam only")
     ignore_eos: bool = Field(default=False, description="always generate max_new_tokens")
     no_repeat_ngram_size: int = Field(default=0, ge=0)
+    num_return_sequences: int = Field(
+        default=1, ge=1, le=16, description="beam only: return the n best outputs "
+        "(`results[].candidates`), at most beam_size"
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="deadline in seconds (as the X-Request-Timeout header)"
     )
@@ -95,10 +99,18 @@ class DetectResponse(BaseModel):
     languages: list[DetectedLanguage] = Field(description="most likely first")
 
 
+class Candidate(BaseModel):
+    text: str
+    score: float = Field(description="log-probability / length ** length_penalty")
+
+
 class Result(BaseModel):
     text: str
     finish_reason: Literal["eos", "length"]
     usage: Usage
+    candidates: list[Candidate] | None = Field(
+        default=None, description="num_return_sequences > 1: the n best outputs, best first"
+    )
     detected_language: DetectedLanguage | None = Field(
         default=None, description="when the source language was detected"
     )

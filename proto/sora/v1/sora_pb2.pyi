@@ -28,7 +28,7 @@ TASK_SUMMARIZE: Task
 TASK_ANSWER: Task
 
 class DecodingOptions(_message.Message):
-    __slots__ = ("strategy", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "ignore_eos")
+    __slots__ = ("strategy", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "ignore_eos", "num_return_sequences")
     class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STRATEGY_UNSPECIFIED: _ClassVar[DecodingOptions.Strategy]
@@ -50,6 +50,7 @@ class DecodingOptions(_message.Message):
     NO_REPEAT_NGRAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RETURN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     strategy: DecodingOptions.Strategy
     max_new_tokens: int
     temperature: float
@@ -61,7 +62,8 @@ class DecodingOptions(_message.Message):
     no_repeat_ngram_size: int
     min_new_tokens: int
     ignore_eos: bool
-    def __init__(self, strategy: _Optional[_Union[DecodingOptions.Strategy, str]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., no_repeat_ngram_size: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., ignore_eos: bool = ...) -> None: ...
+    num_return_sequences: int
+    def __init__(self, strategy: _Optional[_Union[DecodingOptions.Strategy, str]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., no_repeat_ngram_size: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., ignore_eos: bool = ..., num_return_sequences: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -72,16 +74,26 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "detected_language")
+    __slots__ = ("text", "finish_reason", "usage", "detected_language", "candidates")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     DETECTED_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     usage: Usage
     detected_language: LanguageScore
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., detected_language: _Optional[_Union[LanguageScore, _Mapping]] = ...) -> None: ...
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., detected_language: _Optional[_Union[LanguageScore, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("text", "score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    score: float
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class LanguageScore(_message.Message):
     __slots__ = ("language", "confidence")

@@ -35,7 +35,7 @@ from model.sampling import DecodingParams
 from service import markup
 from service.engine.autodetect import AUTO, detect, route, served_languages
 from service.engine.errors import EngineError, Overloaded
-from service.engine.request import TaskInput
+from service.engine.request import Completion, TaskInput
 from service.http.deps import (
     CallContext,
     call_context,
@@ -66,6 +66,8 @@ LANGUAGE_NAMES = {
 }
 # HTML documents become one input per text node: their own (larger) limit per request.
 MAX_HTML_SEGMENTS = 256
+# LibreTranslate's --alternatives-limit: n alternatives take a beam of n + 1 (up to 16).
+MAX_ALTERNATIVES = 3
 FRONTEND_TIMEOUT_MS = 500  # LibreTranslate's default
 
 
@@ -187,9 +189,12 @@ def _alternatives(values: dict[str, Any]) -> int:
     try:
         if isinstance(raw, bool | float | list | dict):
             raise ValueError
-        return max(0, int(raw or 0))
+        n = max(0, int(raw or 0))
     except ValueError:
         raise _bad("Invalid request: alternatives parameter is not a number") from None
+    if n > MAX_ALTERNATIVES:
+        raise _bad(f"Invalid request: alternatives parameter must be <= {MAX_ALTERNATIVES}")
+    return n
 
 
 def _lt_detection(d: Detection) -> dict[str, Any]:
@@ -242,9 +247,12 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
     if len(inputs) > MAX_HTML_SEGMENTS:
         raise _bad(f"Invalid request: {len(inputs)} text segments exceed the limit "
                    f"({MAX_HTML_SEGMENTS})")
+    max_new = min(engine.config.default_max_new_tokens, engine.max_new_tokens)
+    wants_nbest = n_alt > 0 and documents is None  # none for html, as LibreTranslate
     params = DecodingParams(
-        max_new_tokens=min(engine.config.default_max_new_tokens, engine.max_new_tokens)
-    )
+        strategy="beam", beam_size=max(4, n_alt + 1), num_return_sequences=n_alt + 1,
+        max_new_tokens=max_new,
+    ) if wants_nbest else DecodingParams(max_new_tokens=max_new)
     timeout = ctx.timeout if ctx.timeout is not None else settings.request_timeout_s
     jobs = submit_all(engine, inputs, params, timeout=timeout, stream=False,
                       request_id=ctx.request_id, text_fields=input_fields, protocol=PROTOCOL)
@@ -263,9 +271,20 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
         detected = [_lt_detection(d) for d in sources]
         result["detectedLanguage"] = detected if batch else detected[0]
     if n_alt > 0:
-        # N-best is not served yet: no alternatives, as LibreTranslate for html.
-        result["alternatives"] = [[] for _ in texts] if batch else []
+        others = [_alternatives_of(c) for c in completions] if wants_nbest else [[]] * len(texts)
+        result["alternatives"] = others if batch else others[0]
     return JSONResponse(result)
+
+
+def _alternatives_of(completion: Completion) -> list[str]:
+    """The n-best after the first, without repeats of it or each other, or empties."""
+    seen = {completion.text, ""}
+    out = []
+    for c in (completion.candidates or [])[1:]:
+        if c.text not in seen:
+            seen.add(c.text)
+            out.append(c.text)
+    return out
 
 
 def _plain_text(document: str) -> str:

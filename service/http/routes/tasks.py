@@ -162,7 +162,8 @@ async def detect_language(body: DetectRequest, request: Request) -> DetectRespon
     ])
 
 
-@router.post("/summarize", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/summarize", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def summarize(
     body: SummarizeRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:
@@ -173,7 +174,8 @@ async def summarize(
                       body.stream, max_length=body.max_length)
 
 
-@router.post("/answer", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/answer", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def answer(
     body: AnswerRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:

@@ -73,14 +73,30 @@ def test_json_batch_with_auto_source_reports_each_detection(server: Any) -> None
     assert all(0 < d["confidence"] <= 100 for d in body["detectedLanguage"])
 
 
-def test_single_text_shape_and_alternatives_field(server: Any) -> None:
+def test_alternatives_are_the_beam_n_best(server: Any) -> None:
     r = post(server, "/translate", data={"q": ENGLISH, "source": "en", "target": "es",
                                           "alternatives": "2"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert isinstance(body["translatedText"], str)
-    assert isinstance(body["alternatives"], list)
-    assert "detectedLanguage" not in body
+    assert set(body) == {"translatedText", "alternatives"}
+    best, others = body["translatedText"], body["alternatives"]
+    # The same beam on our API: alternatives are its candidates after the best, without
+    # repeats (byte-level hypotheses may decode to equal text) or empties.
+    ours = post(server, "/v1/translate", json={
+        "text": ENGLISH, "source_lang": "en", "target_lang": "es",
+        "options": {"strategy": "beam", "beam_size": 4, "num_return_sequences": 3},
+    }).json()["results"][0]
+    assert best == ours["text"]
+    unique = list(dict.fromkeys(c["text"] for c in ours["candidates"][1:]))
+    assert others == [t for t in unique if t not in (best, "")]
+    assert 0 < len(others) <= 2
+    batch = post(server, "/translate", json={"q": [ENGLISH, "Good night"], "source": "en",
+                                              "target": "es", "alternatives": 1}).json()
+    assert batch["translatedText"][0] == best  # the same beam's best
+    assert [len(a) <= 1 for a in batch["alternatives"]] == [True, True]
+    html = post(server, "/translate", json={"q": "<b>Hi</b>", "source": "en", "target": "es",
+                                             "format": "html", "alternatives": 2}).json()
+    assert html["alternatives"] == []  # as LibreTranslate: none for html
 
 
 def test_html_keeps_markup_and_translates_text_nodes(server: Any) -> None:
@@ -104,6 +120,8 @@ def test_html_keeps_markup_and_translates_text_nodes(server: Any) -> None:
      "pdf format is not supported"),
     ({"q": "hi", "source": "en", "target": "de", "alternatives": "many"}, 400,
      "Invalid request: alternatives parameter is not a number"),
+    ({"q": "hi", "source": "en", "target": "de", "alternatives": 4}, 400,
+     "Invalid request: alternatives parameter must be <= 3"),
     ({"q": [1, 2], "source": "en", "target": "de"}, 400,
      "Invalid request: q must be a string or a list of strings"),
     ({"q": ["a"] * 65, "source": "en", "target": "de"}, 400,
