@@ -21,8 +21,9 @@ from dataclasses import dataclass
 # fragment); Dutch, Russian or Japanese sentences score below 0.001.
 MIN_SERVED_MASS = 0.01
 # Detection reads at most this many characters: n-gram statistics settle long before,
-# and a 100k-character input must not hold the event loop.
-MAX_DETECT_CHARS = 2000
+# and it runs on the event loop (py3langid walks the text byte by byte in Python:
+# ~0.15 ms for a 70-character text here, about the same at this cap).
+MAX_DETECT_CHARS = 500
 
 
 @dataclass(frozen=True)
