@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from model.sampling import DecodingParams
 from service import markup
 from service.engine.autodetect import AUTO, detect, route, served_languages
-from service.engine.errors import EngineError, Overloaded
+from service.engine.errors import EngineError
 from service.engine.request import Completion, TaskInput
 from service.http.deps import (
     CallContext,
@@ -100,11 +100,10 @@ class LibreTranslateRoute(APIRoute):
 
 def _describe(e: Exception) -> tuple[int, str, str, dict[str, str]]:
     if isinstance(e, EngineError):
-        api = from_engine_error(e)
-        message = f"Slowdown: {e.message}" if isinstance(e, Overloaded) else e.message
-        return api.status, api.code, message, api.headers
+        e = from_engine_error(e)
     if isinstance(e, ApiError):
-        return e.status, e.code, e.message, e.headers
+        message = f"Slowdown: {e.message}" if e.status == 429 else e.message
+        return e.status, e.code, message, e.headers
     if isinstance(e, StarletteHTTPException):
         return e.status_code, "http", str(e.detail), dict(e.headers or {})
     return 400, "invalid_argument", "Invalid request"

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from libretranslatepy import LibreTranslateAPI
 from prometheus_client.parser import text_string_to_metric_families
+from support import queue_full
 
 GERMAN = "Die Katze schläft auf dem Sofa, weil es draußen regnet und kalt ist."
 ENGLISH = "The weather is nice today and we are going for a walk in the park."
@@ -168,3 +169,32 @@ def test_requests_are_counted_under_the_libretranslate_protocol(server: Any) -> 
                                              "target": "xx"}).status_code == 400
     assert count("eos") + count("length") == ok + 1
     assert count("invalid_argument") == bad + 1
+
+
+def test_overloaded_is_429_slowdown_with_retry_after(start_server: Any) -> None:
+    srv = start_server(max_waiting=1, max_batch_sequences=1, grpc_enabled=False)
+    body = {"q": "Hello", "source": "en", "target": "de"}
+    results: list[httpx.Response] = []
+
+    def call() -> None:
+        results.append(post(srv, "/translate", json=body))
+
+    with queue_full(srv, call):
+        rejected = post(srv, "/translate", json=body)
+    assert rejected.status_code == 429
+    assert rejected.json()["error"].startswith("Slowdown: ")
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert [r.status_code for r in results] == [200, 200]
+
+
+def test_body_too_large_is_413_in_libretranslates_shape(start_server: Any) -> None:
+    srv = start_server(max_body_bytes=1000, grpc_enabled=False)
+    big = {"q": "x" * 2000, "source": "en", "target": "de"}
+    for kw in ({"json": big}, {"data": big}):
+        r = post(srv, "/translate", **kw)
+        assert r.status_code == 413
+        assert r.json() == {"error": "request body exceeds the limit of 1000 bytes"}
+    chunked = httpx.post(srv.http_url + "/detect", content=iter([b"q=" + b"y" * 2000]),
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 413
+    assert chunked.json() == {"error": "request body exceeds the limit of 1000 bytes"}
