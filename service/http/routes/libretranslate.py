@@ -105,8 +105,9 @@ def _describe(e: Exception) -> tuple[int, str, str, dict[str, str]]:
         message = f"Slowdown: {e.message}" if e.status == 429 else e.message
         return e.status, e.code, message, e.headers
     if isinstance(e, StarletteHTTPException):
-        return e.status_code, "http", str(e.detail), dict(e.headers or {})
-    return 400, "invalid_argument", "Invalid request"
+        code = "payload_too_large" if e.status_code == 413 else "invalid_argument"
+        return e.status_code, code, str(e.detail), dict(e.headers or {})
+    return 400, "invalid_argument", "Invalid request", {}
 
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
@@ -136,10 +137,10 @@ async def _values(request: Request) -> tuple[dict[str, Any], bool]:
             form = await request.form()
         except (ValueError, AssertionError, KeyError) as e:
             raise _bad(f"Invalid form body: {e}") from None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
+        for key, item in form.multi_items():
+            if isinstance(item, UploadFile):
                 raise _bad(f"Invalid request: {key} must be text, not a file")
-            values.setdefault(key, value)
+            values.setdefault(key, item)
     return values, False
 
 

@@ -198,3 +198,16 @@ def test_body_too_large_is_413_in_libretranslates_shape(start_server: Any) -> No
                          headers={"content-type": "application/x-www-form-urlencoded"})
     assert chunked.status_code == 413
     assert chunked.json() == {"error": "request body exceeds the limit of 1000 bytes"}
+
+
+def test_multipart_and_query_fields_as_flask_reads_them(server: Any) -> None:
+    fields = {"q": "Hello world", "source": "en", "target": "it"}
+    r = post(server, "/translate", files={k: (None, v) for k, v in fields.items()})
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["translatedText"], str)
+    r = post(server, "/detect", params={"q": "Die Katze schläft auf dem Sofa."})
+    assert r.status_code == 200 and r.json()[0]["language"] == "de"
+    r = post(server, "/translate", files={"q": ("a.txt", b"Hello"), "source": (None, "en"),
+                                          "target": (None, "it")})
+    assert (r.status_code, r.json()) == (
+        400, {"error": "Invalid request: q must be text, not a file"})
