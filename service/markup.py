@@ -13,9 +13,12 @@ read it: an unmatched end tag closes nothing, an unclosed element runs to the en
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
+# Text nodes one request may send to the engine (each is an input of the batch).
+MAX_TEXT_NODES = 256
 UNTRANSLATED = frozenset({"script", "style", "code", "pre", "kbd", "samp", "textarea"})
 VOID = frozenset({
     "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
@@ -129,3 +132,28 @@ def join(segments: list[Segment], translations: list[str]) -> str:
         else:
             out.append(s.lead + html.escape(next(it), quote=False) + s.trail)
     return "".join(out)
+
+
+class Documents:
+    """Several documents as one flat list of text nodes (`texts`, translated in one
+    batch; `owner[i]` is the document of text i), and back with `join`."""
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        self.segments = [split(d) for d in documents]
+        per_doc = [texts(s) for s in self.segments]
+        self.texts = [t for doc in per_doc for t in doc]
+        self.owner = [i for i, doc in enumerate(per_doc) for _ in doc]
+
+    def plain(self) -> list[str]:
+        """Each document's text without markup (what language detection reads)."""
+        out: list[list[str]] = [[] for _ in self.segments]
+        for text, i in zip(self.texts, self.owner, strict=True):
+            out[i].append(text)
+        return ["\n".join(parts) for parts in out]
+
+    def join(self, translations: Sequence[str]) -> list[str]:
+        """Each document with its text nodes replaced by `translations`, in order."""
+        it = iter(translations)
+        return [
+            join(segs, [next(it) for s in segs if s.text is not None]) for segs in self.segments
+        ]

@@ -64,6 +64,9 @@ class TranslateRequest(_TextsRequest):
     source_lang: str | None = Field(
         default=None, description="the texts' language; omitted or `auto`: detected"
     )
+    format: Literal["text", "html"] = Field(
+        default="text", description="html: translate the text nodes, keep the markup as is"
+    )
 
 
 class SummarizeRequest(_TextsRequest):

@@ -64,8 +64,6 @@ LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese",
     "it": "Italian", "pt": "Portuguese", "nl": "Dutch", "ru": "Russian", "ja": "Japanese",
 }
-# HTML documents become one input per text node: their own (larger) limit per request.
-MAX_HTML_SEGMENTS = 256
 # LibreTranslate's --alternatives-limit: n alternatives take a beam of n + 1 (up to 16).
 MAX_ALTERNATIVES = 3
 FRONTEND_TIMEOUT_MS = 500  # LibreTranslate's default
@@ -228,25 +226,22 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
         if lang not in served and not (lang == source == AUTO):
             raise _bad(f"{lang} is not supported")
     fields = [f"q[{i}]" for i in range(len(texts))] if batch else ["q"]
-    plain = [_plain_text(t) for t in texts] if text_format == "html" else texts
+    # One input per text, or per text node of each html document; all submitted together.
+    documents = markup.Documents(texts) if text_format == "html" else None
+    if documents is not None and len(documents.texts) > markup.MAX_TEXT_NODES:
+        raise _bad(f"Invalid request: {len(documents.texts)} text segments exceed the limit "
+                   f"({markup.MAX_TEXT_NODES})")
+    pieces = documents.texts if documents is not None else texts
+    owner = documents.owner if documents is not None else list(range(len(texts)))
+    plain = documents.plain() if documents is not None else texts  # what detection reads
     chosen = route(registry, None, source, target, plain, fields)
     engine = chosen.engine
     request.state.model = engine.name
-    # One input per text (plain) or per text node (html), all submitted together.
-    documents = [markup.split(t) for t in texts] if text_format == "html" else None
-    pieces: list[list[str]] = (
-        [markup.texts(d) for d in documents] if documents is not None else [[t] for t in texts]
-    )
     sources = chosen.detections or []
-    inputs, input_fields = [], []
-    for i, group in enumerate(pieces):
-        lang = sources[i].language if sources else source
-        for text in group:
-            inputs.append(TaskInput("translate", text, target_lang=target, source_lang=lang))
-            input_fields.append(fields[i])
-    if len(inputs) > MAX_HTML_SEGMENTS:
-        raise _bad(f"Invalid request: {len(inputs)} text segments exceed the limit "
-                   f"({MAX_HTML_SEGMENTS})")
+    inputs = [TaskInput("translate", text, target_lang=target,
+                        source_lang=sources[i].language if sources else source)
+              for text, i in zip(pieces, owner, strict=True)]
+    input_fields = [fields[i] for i in owner]
     max_new = min(engine.config.default_max_new_tokens, engine.max_new_tokens)
     wants_nbest = n_alt > 0 and documents is None  # none for html, as LibreTranslate
     params = DecodingParams(
@@ -261,11 +256,8 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    outputs = iter(c.text for c in completions)
-    translated = [
-        markup.join(documents[i], [next(outputs) for _ in group]) if documents else next(outputs)
-        for i, group in enumerate(pieces)
-    ]
+    outputs = [c.text for c in completions]
+    translated = documents.join(outputs) if documents is not None else outputs
     result: dict[str, Any] = {"translatedText": translated if batch else translated[0]}
     if source == AUTO:
         detected = [_lt_detection(d) for d in sources]
@@ -285,11 +277,6 @@ def _alternatives_of(completion: Completion) -> list[str]:
             seen.add(c.text)
             out.append(c.text)
     return out
-
-
-def _plain_text(document: str) -> str:
-    """The translatable text of an HTML document, for language detection."""
-    return "\n".join(markup.texts(markup.split(document)))
 
 
 @router.post(

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.sampling import DecodingParams
+from service import markup
 from service.engine.autodetect import detect, route
 from service.engine.protocol import EngineClient
-from service.engine.request import TaskInput
+from service.engine.request import Completion, TaskInput
 from service.http.deps import (
     CallContext,
     call_context,
@@ -102,6 +103,7 @@ async def _run(
     stream: bool,
     max_length: int | None = None,
     engine: EngineClient | None = None,
+    documents: markup.Documents | None = None,
 ) -> Response | TaskResponse:
     engine = engine or resolve_engine(request, model)
     request.state.model = engine.name  # refusals from here on are counted per model
@@ -121,7 +123,30 @@ async def _run(
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if documents is not None:
+        completions = _joined(engine, documents, completions)
     return task_response(engine, completions)
+
+
+def _joined(
+    engine: EngineClient, documents: markup.Documents, nodes: list[Completion]
+) -> list[Completion]:
+    """One completion per html document from those of its text nodes."""
+    texts = documents.join([c.text for c in nodes])
+    groups: list[list[Completion]] = [[] for _ in texts]
+    for c, i in zip(nodes, documents.owner, strict=True):
+        groups[i].append(c)
+    return [
+        Completion(
+            text=text,
+            finish_reason="length" if any(c.finish_reason == "length" for c in g) else "eos",
+            prompt_tokens=sum(c.prompt_tokens for c in g),
+            completion_tokens=sum(c.completion_tokens for c in g),
+            logprob=None, model=engine.name, version=engine.version,
+            segments=sum(c.segments for c in g),
+        )
+        for text, g in zip(texts, groups, strict=True)
+    ]
 
 
 @router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
@@ -132,15 +157,28 @@ async def translate(
     """Translate `text` (or each of `texts`) into `target_lang`; without `source_lang`
     (or with `auto`) each text's language is detected and reported."""
     texts, fields = _texts(body, get_settings(request).max_batch_texts)
+    # html: one input per text node of each document, all submitted together.
+    documents = markup.Documents(texts) if body.format == "html" else None
+    if documents is not None:
+        if body.stream:
+            raise ApiError(400, "invalid_argument", "format html cannot be streamed",
+                           field="stream")
+        if len(documents.texts) > markup.MAX_TEXT_NODES:
+            raise ApiError(400, "invalid_argument",
+                           f"{len(documents.texts)} text nodes; the limit is "
+                           f"{markup.MAX_TEXT_NODES} per request", field=fields[0])
+    pieces = documents.texts if documents is not None else texts
+    owner = documents.owner if documents is not None else list(range(len(texts)))
     resolve_engine(request, body.model)  # 503 while loading or draining, 404 unknown model
     chosen = route(get_registry(request), body.model, body.source_lang, body.target_lang,
-                   texts, fields)
+                   documents.plain() if documents is not None else texts, fields)
     detected = chosen.detections
     inputs = [TaskInput("translate", t, target_lang=body.target_lang,
                         source_lang=detected[i].language if detected else body.source_lang)
-              for i, t in enumerate(texts)]
-    response = await _run(request, ctx, "translate", body.model, inputs, fields, body.options,
-                          body.stream, engine=chosen.engine)
+              for t, i in zip(pieces, owner, strict=True)]
+    response = await _run(request, ctx, "translate", body.model, inputs,
+                          [fields[i] for i in owner], body.options, body.stream,
+                          engine=chosen.engine, documents=documents)
     if detected and isinstance(response, TaskResponse):
         for result, d in zip(response.results, detected, strict=True):
             result.detected_language = DetectedLanguage(language=d.language,

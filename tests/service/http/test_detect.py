@@ -1,9 +1,11 @@
 """Language detection on our API: POST /v1/detect, `source_lang` omitted or `auto` on
-/v1/translate, and routing the detected language to the model that serves it."""
+/v1/translate, and routing the detected language to the model that serves it; and
+/v1/translate's `format: html`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,30 @@ def test_detected_language_routes_to_the_model_serving_it(two_models: RunningSer
     assert r.json()["error"]["message"] == "detected language 'zh' is not served by model de-en"
     langs = {e["code"]: e["targets"] for e in httpx.get(url + "/languages").json()}
     assert langs == {"de": ["en"], "en": ["de", "zh"], "zh": ["en"]}
+
+
+def test_html_format_translates_text_nodes_and_keeps_markup(server: Any) -> None:
+    docs = ['<p class="a">Hello <b>world</b></p><code>x &lt; 1</code>',
+            "<br><!-- only markup -->"]
+    options = {"max_new_tokens": 6}
+    r = post(server.http_url, "/v1/translate", {"texts": docs, "target_lang": "de",
+                                                "source_lang": "en", "format": "html",
+                                                "options": options})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    # Each text node is translated as the same text alone would be.
+    alone = [post(server.http_url, "/v1/translate", {
+        "text": t, "target_lang": "de", "source_lang": "en", "options": options,
+    }).json()["results"][0] for t in ("Hello", "world")]
+    assert first["text"] == (f'<p class="a">{escape(alone[0]["text"], quote=False)} '
+                             f'<b>{escape(alone[1]["text"], quote=False)}</b></p>'
+                             "<code>x &lt; 1</code>")
+    assert first["usage"]["completion_tokens"] == sum(
+        a["usage"]["completion_tokens"] for a in alone)
+    assert second["text"] == docs[1] and second["usage"]["completion_tokens"] == 0
+    streamed = post(server.http_url, "/v1/translate", {"text": docs[0], "target_lang": "de",
+                                                       "format": "html", "stream": True})
+    assert streamed.status_code == 400 and streamed.json()["error"]["field"] == "stream"
+    many = post(server.http_url, "/v1/translate", {"text": "<i>a</i>" * 300,
+                                                   "target_lang": "de", "format": "html"})
+    assert many.status_code == 400 and many.json()["error"]["field"] == "text"
