@@ -26,7 +26,7 @@ import torch
 import uvicorn
 
 from model.checkpoint import CheckpointError
-from service import heap
+from service import heap, langdetect
 from service.config import Settings
 from service.engine.errors import EngineError
 from service.engine.registry import ModelRegistry
@@ -160,6 +160,7 @@ class SoraServer:
                 await self.registry.load_all()
             except (OSError, ValueError, CheckpointError, EngineError) as e:
                 raise StartupError(f"cannot load models: {e}") from None
+            await asyncio.to_thread(langdetect.identifier)  # not on a first request's loop
             if self.grpc is not None:
                 self.grpc.set_serving(True)
             heap.freeze()

@@ -8,6 +8,7 @@ its own registry instead, shared with the gRPC server, and owns its lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service import langdetect
 from service.config import Settings
 from service.engine.core_client import CoreOptions
 from service.engine.registry import ModelRegistry
@@ -71,6 +73,7 @@ def build_app(
             app.state.metrics.bind(reg)
             app.state.registry = reg
             await reg.load_all()
+            await asyncio.to_thread(langdetect.identifier)  # not on a first request's loop
         yield
         if owned:
             state.draining = True
