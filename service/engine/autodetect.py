@@ -64,13 +64,13 @@ def route(
     needed = sources | {target}
     if model is not None:
         engine = registry.get(model)
-        missing = needed - set(engine.info().languages)
-        if missing and detections is not None and missing - {target}:
-            lang = sorted(missing - {target})[0]
-            raise InvalidRequest(
-                f"detected language {lang!r} is not served by model {engine.name}",
-                field=text_fields[0],
-            )
+        langs = set(engine.info().languages)
+        for d, field in zip(detections or [], text_fields, strict=False):
+            if d.language not in langs:
+                raise InvalidRequest(
+                    f"detected language {d.language!r} is not served by model {engine.name}",
+                    field=field,
+                )
         return Route(engine, detections)
     default = registry.get(None)
     candidates = [default, *(e for e in registry.engines() if e is not default)]
@@ -79,5 +79,13 @@ def route(
             return Route(engine, detections)
     if detections is None or target not in served_languages(registry):
         return Route(default, detections)  # admission names the unsupported field
-    pair = f"{'/'.join(sorted(sources))} -> {target}"
-    raise InvalidRequest(f"no model translates {pair}", field=text_fields[0])
+    for d, field in zip(detections, text_fields, strict=True):
+        if not any({d.language, target} <= set(e.info().languages) for e in candidates):
+            raise InvalidRequest(
+                f"no model translates {d.language} (detected) into {target}", field=field
+            )
+    # Each text has a model, but no one model serves them all.
+    raise InvalidRequest(
+        f"no one model translates {', '.join(sorted(sources))} into {target}; "
+        "send these texts in separate requests", field=text_fields[0],
+    )

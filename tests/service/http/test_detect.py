@@ -105,6 +105,15 @@ def test_detected_language_routes_to_the_model_serving_it(two_models: RunningSer
     r = post(url, "/v1/translate", {"text": CHINESE, "target_lang": "en", "model": "de-en"})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "detected language 'zh' is not served by model de-en"
+    r = post(url, "/v1/translate", {"texts": [GERMAN, CHINESE], "target_lang": "en",
+                                    "model": "de-en"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "texts[1]"
+    # Each text has a model, but not one model for both: named, not half-translated.
+    r = post(url, "/v1/translate", {"texts": [GERMAN, CHINESE], "target_lang": "en"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("no one model translates de, zh into en")
+    r = post(url, "/v1/translate", {"texts": [GERMAN, FRENCH], "target_lang": "en"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "texts[1]"
     langs = {e["code"]: e["targets"] for e in httpx.get(url + "/languages").json()}
     assert langs == {"de": ["en"], "en": ["de", "zh"], "zh": ["en"]}
 
