@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-# Text nodes one request may send to the engine (each is an input of the batch).
+# Pieces (text nodes, text between glossary terms) one request may send to the engine,
+# each an input of the batch.
 MAX_TEXT_NODES = 256
 UNTRANSLATED = frozenset({"script", "style", "code", "pre", "kbd", "samp", "textarea"})
 VOID = frozenset({

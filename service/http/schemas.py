@@ -67,6 +67,10 @@ class TranslateRequest(_TextsRequest):
     format: Literal["text", "html"] = Field(
         default="text", description="html: translate the text nodes, keep the markup as is"
     )
+    glossary: dict[str, str] | None = Field(
+        default=None, description="{source term: target term}: each term's translation is "
+        "the given one (whole words, case-insensitive)"
+    )
 
 
 class SummarizeRequest(_TextsRequest):

@@ -4,7 +4,8 @@ answers with Server-Sent Events (see service/http/jobs.py for the event format).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
@@ -14,6 +15,7 @@ from service import markup
 from service.engine.autodetect import detect, route
 from service.engine.protocol import EngineClient
 from service.engine.request import Completion, TaskInput
+from service.glossary import Glossary, GlossaryError
 from service.http.deps import (
     CallContext,
     call_context,
@@ -103,7 +105,7 @@ async def _run(
     stream: bool,
     max_length: int | None = None,
     engine: EngineClient | None = None,
-    documents: markup.Documents | None = None,
+    splits: Sequence[Split] = (),
 ) -> Response | TaskResponse:
     engine = engine or resolve_engine(request, model)
     request.state.model = engine.name  # refusals from here on are counted per model
@@ -123,18 +125,51 @@ async def _run(
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    if documents is not None:
-        completions = _joined(engine, documents, completions)
+    for split in reversed(splits):
+        completions = _joined(engine, split, completions)
     return task_response(engine, completions)
 
 
-def _joined(
-    engine: EngineClient, documents: markup.Documents, nodes: list[Completion]
-) -> list[Completion]:
-    """One completion per html document from those of its text nodes."""
-    texts = documents.join([c.text for c in nodes])
+class Split(Protocol):
+    """Inputs cut into pieces translated separately (markup.Documents,
+    glossary.Pieces): `texts` the pieces, `owner[i]` the input of piece i."""
+
+    texts: list[str]
+    owner: list[int]
+
+    def join(self, translations: Sequence[str]) -> list[str]: ...
+
+
+def _splits(body: TranslateRequest, texts: list[str], fields: list[str]) -> list[Split]:
+    """How a translate request's texts are cut: html into text nodes, then each at its
+    glossary terms (neither can be streamed)."""
+    splits: list[Split] = []
+    pieces = texts
+    if body.format == "html":
+        documents = markup.Documents(texts)
+        splits.append(documents)
+        pieces = documents.texts
+    if body.glossary:
+        try:
+            splits.append(Glossary(body.glossary).apply(pieces))
+        except GlossaryError as e:
+            raise ApiError(400, "invalid_argument", str(e), field="glossary") from None
+    if splits and len(splits[-1].texts) > markup.MAX_TEXT_NODES:
+        raise ApiError(400, "invalid_argument",
+                       f"{len(splits[-1].texts)} pieces to translate (text nodes, text "
+                       f"between glossary terms); the limit is {markup.MAX_TEXT_NODES}",
+                       field=fields[0])
+    if splits and body.stream:
+        raise ApiError(400, "invalid_argument",
+                       "format html and glossary cannot be streamed", field="stream")
+    return splits
+
+
+def _joined(engine: EngineClient, split: Split, pieces: list[Completion]) -> list[Completion]:
+    """One completion per input of `split` from those of its pieces."""
+    texts = split.join([c.text for c in pieces])
     groups: list[list[Completion]] = [[] for _ in texts]
-    for c, i in zip(nodes, documents.owner, strict=True):
+    for c, i in zip(pieces, split.owner, strict=True):
         groups[i].append(c)
     return [
         Completion(
@@ -157,28 +192,22 @@ async def translate(
     """Translate `text` (or each of `texts`) into `target_lang`; without `source_lang`
     (or with `auto`) each text's language is detected and reported."""
     texts, fields = _texts(body, get_settings(request).max_batch_texts)
-    # html: one input per text node of each document, all submitted together.
-    documents = markup.Documents(texts) if body.format == "html" else None
-    if documents is not None:
-        if body.stream:
-            raise ApiError(400, "invalid_argument", "format html cannot be streamed",
-                           field="stream")
-        if len(documents.texts) > markup.MAX_TEXT_NODES:
-            raise ApiError(400, "invalid_argument",
-                           f"{len(documents.texts)} text nodes; the limit is "
-                           f"{markup.MAX_TEXT_NODES} per request", field=fields[0])
-    pieces = documents.texts if documents is not None else texts
-    owner = documents.owner if documents is not None else list(range(len(texts)))
+    splits = _splits(body, texts, fields)
+    pieces, owner = texts, list(range(len(texts)))
+    for split in splits:  # html text nodes, then the pieces between glossary terms
+        pieces, owner = split.texts, [owner[i] for i in split.owner]
     resolve_engine(request, body.model)  # 503 while loading or draining, 404 unknown model
+    html = next((s for s in splits if isinstance(s, markup.Documents)), None)
+    plain = html.plain() if html is not None else texts  # what detection reads
     chosen = route(get_registry(request), body.model, body.source_lang, body.target_lang,
-                   documents.plain() if documents is not None else texts, fields)
+                   plain, fields)
     detected = chosen.detections
     inputs = [TaskInput("translate", t, target_lang=body.target_lang,
                         source_lang=detected[i].language if detected else body.source_lang)
               for t, i in zip(pieces, owner, strict=True)]
     response = await _run(request, ctx, "translate", body.model, inputs,
                           [fields[i] for i in owner], body.options, body.stream,
-                          engine=chosen.engine, documents=documents)
+                          engine=chosen.engine, splits=splits)
     if detected and isinstance(response, TaskResponse):
         for result, d in zip(response.results, detected, strict=True):
             result.detected_language = DetectedLanguage(language=d.language,
