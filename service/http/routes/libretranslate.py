@@ -32,7 +32,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.sampling import DecodingParams
-from service import markup
 from service.engine.autodetect import AUTO, detect, route, served_languages
 from service.engine.errors import EngineError
 from service.engine.request import Completion, TaskInput
@@ -58,6 +57,7 @@ from service.http.lt_schemas import (
     request_body,
 )
 from service.langdetect import Detection
+from service.pieces import plan
 
 PROTOCOL = "libretranslate"
 LANGUAGE_NAMES = {
@@ -227,23 +227,19 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
             raise _bad(f"{lang} is not supported")
     fields = [f"q[{i}]" for i in range(len(texts))] if batch else ["q"]
     # One input per text, or per text node of each html document; all submitted together.
-    documents = markup.Documents(texts) if text_format == "html" else None
-    if documents is not None and len(documents.texts) > markup.MAX_TEXT_NODES:
-        raise _bad(f"Invalid request: {len(documents.texts)} text segments exceed the limit "
-                   f"({markup.MAX_TEXT_NODES})")
-    pieces = documents.texts if documents is not None else texts
-    owner = documents.owner if documents is not None else list(range(len(texts)))
-    plain = documents.plain() if documents is not None else texts  # what detection reads
-    chosen = route(registry, None, source, target, plain, fields)
+    cut = plan(texts, html=text_format == "html", glossary=None, stream=False,
+               text_field=fields[0])
+    owner = cut.owner
+    chosen = route(registry, None, source, target, cut.plain(), fields)
     engine = chosen.engine
     request.state.model = engine.name
     sources = chosen.detections or []
     inputs = [TaskInput("translate", text, target_lang=target,
                         source_lang=sources[i].language if sources else source)
-              for text, i in zip(pieces, owner, strict=True)]
+              for text, i in zip(cut.pieces, owner, strict=True)]
     input_fields = [fields[i] for i in owner]
     max_new = min(engine.config.default_max_new_tokens, engine.max_new_tokens)
-    wants_nbest = n_alt > 0 and documents is None  # none for html, as LibreTranslate
+    wants_nbest = n_alt > 0 and not cut.splits  # none for html, as LibreTranslate
     params = DecodingParams(
         strategy="beam", beam_size=max(4, n_alt + 1), num_return_sequences=n_alt + 1,
         max_new_tokens=max_new,
@@ -256,8 +252,8 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    outputs = [c.text for c in completions]
-    translated = documents.join(outputs) if documents is not None else outputs
+    completions = cut.join(completions)
+    translated = [c.text for c in completions]
     result: dict[str, Any] = {"translatedText": translated if batch else translated[0]}
     if source == AUTO:
         detected = [_lt_detection(d) for d in sources]

@@ -4,18 +4,15 @@ answers with Server-Sent Events (see service/http/jobs.py for the event format).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.sampling import DecodingParams
-from service import markup
 from service.engine.autodetect import detect, route
 from service.engine.protocol import EngineClient
-from service.engine.request import Completion, TaskInput
-from service.glossary import Glossary, GlossaryError
+from service.engine.request import TaskInput
 from service.http.deps import (
     CallContext,
     call_context,
@@ -37,6 +34,7 @@ from service.http.schemas import (
     TaskResponse,
     TranslateRequest,
 )
+from service.pieces import Plan, plan
 
 router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_api_key)])
 
@@ -105,7 +103,7 @@ async def _run(
     stream: bool,
     max_length: int | None = None,
     engine: EngineClient | None = None,
-    splits: Sequence[Split] = (),
+    cut: Plan | None = None,
 ) -> Response | TaskResponse:
     engine = engine or resolve_engine(request, model)
     request.state.model = engine.name  # refusals from here on are counted per model
@@ -125,63 +123,9 @@ async def _run(
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    for split in reversed(splits):
-        completions = _joined(engine, split, completions)
+    if cut is not None:
+        completions = cut.join(completions)
     return task_response(engine, completions)
-
-
-class Split(Protocol):
-    """Inputs cut into pieces translated separately (markup.Documents,
-    glossary.Pieces): `texts` the pieces, `owner[i]` the input of piece i."""
-
-    texts: list[str]
-    owner: list[int]
-
-    def join(self, translations: Sequence[str]) -> list[str]: ...
-
-
-def _splits(body: TranslateRequest, texts: list[str], fields: list[str]) -> list[Split]:
-    """How a translate request's texts are cut: html into text nodes, then each at its
-    glossary terms (neither can be streamed)."""
-    splits: list[Split] = []
-    pieces = texts
-    if body.format == "html":
-        documents = markup.Documents(texts)
-        splits.append(documents)
-        pieces = documents.texts
-    if body.glossary:
-        try:
-            splits.append(Glossary(body.glossary).apply(pieces))
-        except GlossaryError as e:
-            raise ApiError(400, "invalid_argument", str(e), field="glossary") from None
-    if splits and len(splits[-1].texts) > markup.MAX_TEXT_NODES:
-        raise ApiError(400, "invalid_argument",
-                       f"{len(splits[-1].texts)} pieces to translate (text nodes, text "
-                       f"between glossary terms); the limit is {markup.MAX_TEXT_NODES}",
-                       field=fields[0])
-    if splits and body.stream:
-        raise ApiError(400, "invalid_argument",
-                       "format html and glossary cannot be streamed", field="stream")
-    return splits
-
-
-def _joined(engine: EngineClient, split: Split, pieces: list[Completion]) -> list[Completion]:
-    """One completion per input of `split` from those of its pieces."""
-    texts = split.join([c.text for c in pieces])
-    groups: list[list[Completion]] = [[] for _ in texts]
-    for c, i in zip(pieces, split.owner, strict=True):
-        groups[i].append(c)
-    return [
-        Completion(
-            text=text,
-            finish_reason="length" if any(c.finish_reason == "length" for c in g) else "eos",
-            prompt_tokens=sum(c.prompt_tokens for c in g),
-            completion_tokens=sum(c.completion_tokens for c in g),
-            logprob=None, model=engine.name, version=engine.version,
-            segments=sum(c.segments for c in g),
-        )
-        for text, g in zip(texts, groups, strict=True)
-    ]
 
 
 @router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
@@ -192,22 +136,20 @@ async def translate(
     """Translate `text` (or each of `texts`) into `target_lang`; without `source_lang`
     (or with `auto`) each text's language is detected and reported."""
     texts, fields = _texts(body, get_settings(request).max_batch_texts)
-    splits = _splits(body, texts, fields)
-    pieces, owner = texts, list(range(len(texts)))
-    for split in splits:  # html text nodes, then the pieces between glossary terms
-        pieces, owner = split.texts, [owner[i] for i in split.owner]
+    # html text nodes, then the text between glossary terms: each piece one input.
+    cut = plan(texts, html=body.format == "html", glossary=body.glossary,
+               stream=body.stream, text_field=fields[0])
     resolve_engine(request, body.model)  # 503 while loading or draining, 404 unknown model
-    html = next((s for s in splits if isinstance(s, markup.Documents)), None)
-    plain = html.plain() if html is not None else texts  # what detection reads
     chosen = route(get_registry(request), body.model, body.source_lang, body.target_lang,
-                   plain, fields)
+                   cut.plain(), fields)
+    owner = cut.owner
     detected = chosen.detections
     inputs = [TaskInput("translate", t, target_lang=body.target_lang,
                         source_lang=detected[i].language if detected else body.source_lang)
-              for t, i in zip(pieces, owner, strict=True)]
+              for t, i in zip(cut.pieces, owner, strict=True)]
     response = await _run(request, ctx, "translate", body.model, inputs,
                           [fields[i] for i in owner], body.options, body.stream,
-                          engine=chosen.engine, splits=splits)
+                          engine=chosen.engine, cut=cut)
     if detected and isinstance(response, TaskResponse):
         for result, d in zip(response.results, detected, strict=True):
             result.detected_language = DetectedLanguage(language=d.language,
