@@ -25,6 +25,7 @@ from service.engine.registry import ModelRegistry
 from service.engine.request import Completion, Job, TaskInput
 from service.grpc.errors import to_grpc
 from service.langdetect import Detection
+from service.pieces import plan
 
 log = logging.getLogger(__name__)
 
@@ -155,29 +156,35 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         self, request: sora_pb2.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> sora_pb2.TranslateResponse:
         texts = list(request.texts)
-        engine, detected = None, None
+        fields = [f"texts[{i}]" for i in range(len(texts))]
+        engine, detected, cut = None, None, plan(texts, html=False, glossary=None,
+                                                 stream=False, text_field="texts")
         if 0 < len(texts) <= self.max_batch_texts and request.target_lang:
             try:  # source_lang empty or "auto": detect, and route to a model serving it
+                cut = plan(texts, html=request.format == sora_pb2.TEXT_FORMAT_HTML,
+                           glossary=dict(request.glossary), stream=False,
+                           text_field=fields[0])
                 chosen = route(self.registry, request.model or None,
-                               request.source_lang or None, request.target_lang, texts,
-                               [f"texts[{i}]" for i in range(len(texts))])
+                               request.source_lang or None, request.target_lang,
+                               cut.plain(), fields)
             except EngineError as e:
                 await self._reject(context, e, e.field, None, "translate")
                 raise AssertionError("unreachable: abort raises") from None
             engine, detected = chosen.engine, chosen.detections
+        owner = cut.owner
         inputs = [
             TaskInput(
                 "translate", text, target_lang=request.target_lang or None,
                 source_lang=detected[i].language if detected else request.source_lang or None,
             )
-            for i, text in enumerate(texts)
+            for text, i in zip(cut.pieces, owner, strict=True)
         ]
-        paths = [_field_path(f"texts[{i}]", {"text": ""}) for i in range(len(inputs))]
+        paths = [_field_path(fields[i], {"text": ""}) for i in owner]
         results, model, version = await self._unary(
             "translate", "texts", inputs, paths, request, context,
-            engine=None if request.model else engine,
+            engine=None if request.model else engine, items=len(texts),
         )
-        out = [_result(c) for c in results]
+        out = [_result(c) for c in cut.join(results)]
         for result, d in zip(out, detected or [], strict=False):
             result.detected_language.CopyFrom(_score(d))
         return sora_pb2.TranslateResponse(
@@ -295,18 +302,21 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         request: Any,
         context: grpc.aio.ServicerContext,
         engine: EngineClient | None = None,
+        items: int | None = None,
     ) -> tuple[list[Completion], str, str]:
         """Submit every input, then wait for all; (completions, model, version). `engine`
-        given: the one routing chose, else the request's model."""
+        given: the one routing chose, else the request's model. `items`: the request's
+        item count when its inputs are pieces of them (html text nodes, glossary)."""
+        count = len(inputs) if items is None else items
         jobs: list[Job] = []
         path: FieldPath = _field_path("", {})
         try:
-            if not inputs:
+            if not count:
                 raise InvalidRequest(f"{list_field} must hold at least one item",
                                      field=list_field)
-            if len(inputs) > self.max_batch_texts:
+            if count > self.max_batch_texts:
                 raise InvalidRequest(
-                    f"{list_field} holds {len(inputs)} items; the limit is "
+                    f"{list_field} holds {count} items; the limit is "
                     f"{self.max_batch_texts}",
                     field=list_field,
                 )

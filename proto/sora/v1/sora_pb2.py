@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sora/v1/sora.proto\x12\x07sora.v1\"\xed\x04\n\x0f\x44\x65\x63odingOptions\x12\x33\n\x08strategy\x18\x01 \x01(\x0e\x32!.sora.v1.DecodingOptions.Strategy\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x16\n\tbeam_size\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12!\n\x14no_repeat_ngram_size\x18\t \x01(\x05H\x07\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\n \x01(\x05H\x08\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12!\n\x14num_return_sequences\x18\x0c \x01(\x05H\t\x88\x01\x01\"a\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_GREEDY\x10\x01\x12\x13\n\x0fSTRATEGY_SAMPLE\x10\x02\x12\x11\n\rSTRATEGY_BEAM\x10\x03\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x0c\n\n_beam_sizeB\x11\n\x0f_length_penaltyB\x17\n\x15_no_repeat_ngram_sizeB\x11\n\x0f_min_new_tokensB\x17\n\x15_num_return_sequences\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xbe\x01\n\x06Result\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x15.sora.v1.FinishReason\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.sora.v1.Usage\x12\x31\n\x11\x64\x65tected_language\x18\x04 \x01(\x0b\x32\x16.sora.v1.LanguageScore\x12&\n\ncandidates\x18\x05 \x03(\x0b\x32\x12.sora.v1.Candidate\"(\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"5\n\rLanguageScore\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"*\n\rDetectRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0b\n\x03top\x18\x02 \x01(\x05\";\n\x0e\x44\x65tectResponse\x12)\n\tlanguages\x18\x01 \x03(\x0b\x32\x16.sora.v1.LanguageScore\"\xa8\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x13\n\x0btarget_lang\x18\x02 \x01(\t\x12\x13\n\x0bsource_lang\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12)\n\x07options\x18\x06 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x07 \x01(\x05\"t\n\x11TranslateResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"~\n\x10SummarizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x05 \x01(\x05\"t\n\x11SummarizeResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"-\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"\x92\x01\n\rAnswerRequest\x12$\n\tquestions\x18\x01 \x03(\x0b\x32\x11.sora.v1.Question\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x05 \x01(\x05\"q\n\x0e\x41nswerResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"\xda\x01\n\x15GenerateStreamRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0e\x32\r.sora.v1.Task\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btarget_lang\x18\x03 \x01(\t\x12\x13\n\x0bsource_lang\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\x07options\x18\x08 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\t \x01(\x05\"\xa3\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.sora.v1.FinishReason\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"\xc1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\nparameters\x18\x07 \x01(\x03\x12\x19\n\x11max_source_tokens\x18\x08 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x05\x12\r\n\x05state\x18\n \x01(\t\"O\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.sora.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*^\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*U\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_TRANSLATE\x10\x01\x12\x12\n\x0eTASK_SUMMARIZE\x10\x02\x12\x0f\n\x0bTASK_ANSWER\x10\x03\x32\xa0\x03\n\x04Sora\x12\x42\n\tTranslate\x12\x19.sora.v1.TranslateRequest\x1a\x1a.sora.v1.TranslateResponse\x12\x42\n\tSummarize\x12\x19.sora.v1.SummarizeRequest\x1a\x1a.sora.v1.SummarizeResponse\x12\x39\n\x06\x41nswer\x12\x16.sora.v1.AnswerRequest\x1a\x17.sora.v1.AnswerResponse\x12S\n\x0eGenerateStream\x12\x1e.sora.v1.GenerateStreamRequest\x1a\x1f.sora.v1.GenerateStreamResponse0\x01\x12\x45\n\nListModels\x12\x1a.sora.v1.ListModelsRequest\x1a\x1b.sora.v1.ListModelsResponse\x12\x39\n\x06\x44\x65tect\x12\x16.sora.v1.DetectRequest\x1a\x17.sora.v1.DetectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sora/v1/sora.proto\x12\x07sora.v1\"\xed\x04\n\x0f\x44\x65\x63odingOptions\x12\x33\n\x08strategy\x18\x01 \x01(\x0e\x32!.sora.v1.DecodingOptions.Strategy\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x16\n\tbeam_size\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12!\n\x14no_repeat_ngram_size\x18\t \x01(\x05H\x07\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\n \x01(\x05H\x08\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12!\n\x14num_return_sequences\x18\x0c \x01(\x05H\t\x88\x01\x01\"a\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_GREEDY\x10\x01\x12\x13\n\x0fSTRATEGY_SAMPLE\x10\x02\x12\x11\n\rSTRATEGY_BEAM\x10\x03\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x0c\n\n_beam_sizeB\x11\n\x0f_length_penaltyB\x17\n\x15_no_repeat_ngram_sizeB\x11\n\x0f_min_new_tokensB\x17\n\x15_num_return_sequences\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xbe\x01\n\x06Result\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x15.sora.v1.FinishReason\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.sora.v1.Usage\x12\x31\n\x11\x64\x65tected_language\x18\x04 \x01(\x0b\x32\x16.sora.v1.LanguageScore\x12&\n\ncandidates\x18\x05 \x03(\x0b\x32\x12.sora.v1.Candidate\"(\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"5\n\rLanguageScore\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"*\n\rDetectRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0b\n\x03top\x18\x02 \x01(\x05\";\n\x0e\x44\x65tectResponse\x12)\n\tlanguages\x18\x01 \x03(\x0b\x32\x16.sora.v1.LanguageScore\"\xb9\x02\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x13\n\x0btarget_lang\x18\x02 \x01(\t\x12\x13\n\x0bsource_lang\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12)\n\x07options\x18\x06 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x39\n\x08glossary\x18\x08 \x03(\x0b\x32\'.sora.v1.TranslateRequest.GlossaryEntry\x12#\n\x06\x66ormat\x18\t \x01(\x0e\x32\x13.sora.v1.TextFormat\x1a/\n\rGlossaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x11TranslateResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"~\n\x10SummarizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x05 \x01(\x05\"t\n\x11SummarizeResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"-\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"\x92\x01\n\rAnswerRequest\x12$\n\tquestions\x18\x01 \x03(\x0b\x32\x11.sora.v1.Question\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\x05 \x01(\x05\"q\n\x0e\x41nswerResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.sora.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\"\xda\x01\n\x15GenerateStreamRequest\x12\x1b\n\x04task\x18\x01 \x01(\x0e\x32\r.sora.v1.Task\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btarget_lang\x18\x03 \x01(\t\x12\x13\n\x0bsource_lang\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\x07options\x18\x08 \x01(\x0b\x32\x18.sora.v1.DecodingOptions\x12\x10\n\x08priority\x18\t \x01(\x05\"\xa3\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.sora.v1.FinishReason\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.sora.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"\xc1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x12\n\nparameters\x18\x07 \x01(\x03\x12\x19\n\x11max_source_tokens\x18\x08 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\t \x01(\x05\x12\r\n\x05state\x18\n \x01(\t\"O\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.sora.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*^\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*U\n\nTextFormat\x12\x1b\n\x17TEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10TEXT_FORMAT_TEXT\x10\x01\x12\x14\n\x10TEXT_FORMAT_HTML\x10\x02*U\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_TRANSLATE\x10\x01\x12\x12\n\x0eTASK_SUMMARIZE\x10\x02\x12\x0f\n\x0bTASK_ANSWER\x10\x03\x32\xa0\x03\n\x04Sora\x12\x42\n\tTranslate\x12\x19.sora.v1.TranslateRequest\x1a\x1a.sora.v1.TranslateResponse\x12\x42\n\tSummarize\x12\x19.sora.v1.SummarizeRequest\x1a\x1a.sora.v1.SummarizeResponse\x12\x39\n\x06\x41nswer\x12\x16.sora.v1.AnswerRequest\x1a\x17.sora.v1.AnswerResponse\x12S\n\x0eGenerateStream\x12\x1e.sora.v1.GenerateStreamRequest\x1a\x1f.sora.v1.GenerateStreamResponse0\x01\x12\x45\n\nListModels\x12\x1a.sora.v1.ListModelsRequest\x1a\x1b.sora.v1.ListModelsResponse\x12\x39\n\x06\x44\x65tect\x12\x16.sora.v1.DetectRequest\x1a\x17.sora.v1.DetectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sora.v1.sora_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2640
-  _globals['_FINISHREASON']._serialized_end=2734
-  _globals['_TASK']._serialized_start=2736
-  _globals['_TASK']._serialized_end=2821
+  _globals['_TRANSLATEREQUEST_GLOSSARYENTRY']._loaded_options = None
+  _globals['_TRANSLATEREQUEST_GLOSSARYENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=2785
+  _globals['_FINISHREASON']._serialized_end=2879
+  _globals['_TEXTFORMAT']._serialized_start=2881
+  _globals['_TEXTFORMAT']._serialized_end=2966
+  _globals['_TASK']._serialized_start=2968
+  _globals['_TASK']._serialized_end=3053
   _globals['_DECODINGOPTIONS']._serialized_start=32
   _globals['_DECODINGOPTIONS']._serialized_end=653
   _globals['_DECODINGOPTIONS_STRATEGY']._serialized_start=390
@@ -52,29 +56,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETECTRESPONSE']._serialized_start=1048
   _globals['_DETECTRESPONSE']._serialized_end=1107
   _globals['_TRANSLATEREQUEST']._serialized_start=1110
-  _globals['_TRANSLATEREQUEST']._serialized_end=1278
-  _globals['_TRANSLATERESPONSE']._serialized_start=1280
-  _globals['_TRANSLATERESPONSE']._serialized_end=1396
-  _globals['_SUMMARIZEREQUEST']._serialized_start=1398
-  _globals['_SUMMARIZEREQUEST']._serialized_end=1524
-  _globals['_SUMMARIZERESPONSE']._serialized_start=1526
-  _globals['_SUMMARIZERESPONSE']._serialized_end=1642
-  _globals['_QUESTION']._serialized_start=1644
-  _globals['_QUESTION']._serialized_end=1689
-  _globals['_ANSWERREQUEST']._serialized_start=1692
-  _globals['_ANSWERREQUEST']._serialized_end=1838
-  _globals['_ANSWERRESPONSE']._serialized_start=1840
-  _globals['_ANSWERRESPONSE']._serialized_end=1953
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=1956
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=2174
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=2177
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=2340
-  _globals['_LISTMODELSREQUEST']._serialized_start=2342
-  _globals['_LISTMODELSREQUEST']._serialized_end=2361
-  _globals['_MODELINFO']._serialized_start=2364
-  _globals['_MODELINFO']._serialized_end=2557
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2559
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2638
-  _globals['_SORA']._serialized_start=2824
-  _globals['_SORA']._serialized_end=3240
+  _globals['_TRANSLATEREQUEST']._serialized_end=1423
+  _globals['_TRANSLATEREQUEST_GLOSSARYENTRY']._serialized_start=1376
+  _globals['_TRANSLATEREQUEST_GLOSSARYENTRY']._serialized_end=1423
+  _globals['_TRANSLATERESPONSE']._serialized_start=1425
+  _globals['_TRANSLATERESPONSE']._serialized_end=1541
+  _globals['_SUMMARIZEREQUEST']._serialized_start=1543
+  _globals['_SUMMARIZEREQUEST']._serialized_end=1669
+  _globals['_SUMMARIZERESPONSE']._serialized_start=1671
+  _globals['_SUMMARIZERESPONSE']._serialized_end=1787
+  _globals['_QUESTION']._serialized_start=1789
+  _globals['_QUESTION']._serialized_end=1834
+  _globals['_ANSWERREQUEST']._serialized_start=1837
+  _globals['_ANSWERREQUEST']._serialized_end=1983
+  _globals['_ANSWERRESPONSE']._serialized_start=1985
+  _globals['_ANSWERRESPONSE']._serialized_end=2098
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=2101
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=2319
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=2322
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=2485
+  _globals['_LISTMODELSREQUEST']._serialized_start=2487
+  _globals['_LISTMODELSREQUEST']._serialized_end=2506
+  _globals['_MODELINFO']._serialized_start=2509
+  _globals['_MODELINFO']._serialized_end=2702
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2704
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2783
+  _globals['_SORA']._serialized_start=3056
+  _globals['_SORA']._serialized_end=3472
 # @@protoc_insertion_point(module_scope)

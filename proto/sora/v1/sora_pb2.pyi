@@ -13,6 +13,12 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
 
+class TextFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEXT_FORMAT_UNSPECIFIED: _ClassVar[TextFormat]
+    TEXT_FORMAT_TEXT: _ClassVar[TextFormat]
+    TEXT_FORMAT_HTML: _ClassVar[TextFormat]
+
 class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_UNSPECIFIED: _ClassVar[Task]
@@ -22,6 +28,9 @@ class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
+TEXT_FORMAT_UNSPECIFIED: TextFormat
+TEXT_FORMAT_TEXT: TextFormat
+TEXT_FORMAT_HTML: TextFormat
 TASK_UNSPECIFIED: Task
 TASK_TRANSLATE: Task
 TASK_SUMMARIZE: Task
@@ -118,7 +127,14 @@ class DetectResponse(_message.Message):
     def __init__(self, languages: _Optional[_Iterable[_Union[LanguageScore, _Mapping]]] = ...) -> None: ...
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("texts", "target_lang", "source_lang", "model", "version", "options", "priority")
+    __slots__ = ("texts", "target_lang", "source_lang", "model", "version", "options", "priority", "glossary", "format")
+    class GlossaryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_LANG_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LANG_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +142,8 @@ class TranslateRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GLOSSARY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     target_lang: str
     source_lang: str
@@ -133,7 +151,9 @@ class TranslateRequest(_message.Message):
     version: str
     options: DecodingOptions
     priority: int
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., target_lang: _Optional[str] = ..., source_lang: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
+    glossary: _containers.ScalarMap[str, str]
+    format: TextFormat
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., target_lang: _Optional[str] = ..., source_lang: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., priority: _Optional[int] = ..., glossary: _Optional[_Mapping[str, str]] = ..., format: _Optional[_Union[TextFormat, str]] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
     __slots__ = ("results", "model", "version", "usage")

@@ -57,3 +57,26 @@ async def test_translate_without_source_reports_detections(serve: Any) -> None:
             texts=[GERMAN, JAPANESE], target_lang="en"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(e.value.trailing_metadata() or ())["sora-error-field"] == "texts[1]"
+
+
+async def test_translate_with_glossary_and_html(serve: Any) -> None:
+    served = await serve()
+    options = sora_pb2.DecodingOptions(max_new_tokens=6)
+    stub = served.stub()
+
+    async def alone(text: str) -> str:
+        reply = await stub.Translate(sora_pb2.TranslateRequest(
+            texts=[text], target_lang="de", source_lang="en", options=options))
+        return reply.results[0].text
+
+    reply = await stub.Translate(sora_pb2.TranslateRequest(
+        texts=["<p>Click <b>Save</b> now</p>", "<br>"], target_lang="de", source_lang="en",
+        options=options, glossary={"save": "Speichern"}, format=sora_pb2.TEXT_FORMAT_HTML))
+    first, second = reply.results
+    assert first.text == f"<p>{await alone('Click')} <b>Speichern</b> {await alone('now')}</p>"
+    assert second.text == "<br>" and second.usage.completion_tokens == 0
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Translate(sora_pb2.TranslateRequest(
+            texts=["x"], target_lang="de", glossary={" ": "y"}))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(e.value.trailing_metadata() or ())["sora-error-field"] == "glossary"
