@@ -14,6 +14,7 @@ benchmarks/langdetect_accuracy.py.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +46,18 @@ class UnservedLanguage(ValueError):
         self.confidence = confidence
 
 
-@functools.cache
+_loading = threading.Lock()
+
+
 def identifier() -> Any:
     """py3langid's model over all its languages, loaded once (~1 s: an xz-compressed
-    npz); `service.main` loads it at start-up, off the event loop."""
+    npz); `service.main` loads it at start-up, off the event loop, before the models."""
+    with _loading:  # a second caller waits for the first load rather than repeating it
+        return _load()
+
+
+@functools.cache
+def _load() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)

@@ -156,11 +156,12 @@ class SoraServer:
             log.info("HTTP on %s:%d, gRPC on %s; loading models from %s", s.host,
                      self.http_port, self.grpc_port if self.grpc else "(off)",
                      s.model_repository)
+            # Before the models: once they are ready, requests may need it.
+            await asyncio.to_thread(langdetect.identifier)
             try:
                 await self.registry.load_all()
             except (OSError, ValueError, CheckpointError, EngineError) as e:
                 raise StartupError(f"cannot load models: {e}") from None
-            await asyncio.to_thread(langdetect.identifier)  # not on a first request's loop
             if self.grpc is not None:
                 self.grpc.set_serving(True)
             heap.freeze()

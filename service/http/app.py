@@ -72,8 +72,9 @@ def build_app(
             reg.add_listener(app.state.metrics)
             app.state.metrics.bind(reg)
             app.state.registry = reg
+            # Before the models: once they are ready, requests may need it.
+            await asyncio.to_thread(langdetect.identifier)
             await reg.load_all()
-            await asyncio.to_thread(langdetect.identifier)  # not on a first request's loop
         yield
         if owned:
             state.draining = True
