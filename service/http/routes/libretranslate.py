@@ -12,10 +12,11 @@ Errors are LibreTranslate's `{"error": "message"}` with its statuses: 400 for ba
 input and a missing API key, 403 for a wrong one, 429 ("Slowdown: ...") when
 overloaded. The API key may come in the body (`api_key`) or our headers.
 
-Deliberate differences from LibreTranslate 1.6 (its bugs): a non-numeric
+Deliberate differences from LibreTranslate's code (its bugs): a non-numeric
 `alternatives` in JSON is a 400, not a 500; with `source: auto` each text of a batch is
 detected on its own rather than the batch as one; a detected language no model serves
-is a 400 naming it (LibreTranslate names "auto"); deadlines give 504, a full queue 429.
+is a 400 naming it (LibreTranslate names "auto", and its /detect answers "en" with
+confidence 0); deadlines give 504, loading or draining 503.
 """
 
 from __future__ import annotations
