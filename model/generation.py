@@ -118,13 +118,26 @@ class BeamSearch:
         return parents, tokens
 
     def best(self) -> Hypothesis:
-        candidates = list(self.finished)
-        if not candidates and self.scores is not None:
-            s = float(self.scores[0])
-            candidates.append(
-                Hypothesis(self.beams[0], s, self._final_score(s, len(self.beams[0])), "length")
-            )
-        return max(candidates, key=lambda h: h.score)
+        return self.nbest(1)[0]
+
+    def nbest(self, n: int) -> list[Hypothesis]:
+        """The `n` best distinct hypotheses, best first: finished ones, then (when too
+        few finished) the live beams as they stand."""
+        ranked = sorted(self.finished, key=lambda h: h.score, reverse=True)
+        if len(ranked) < n and self.scores is not None:
+            for beam, s in zip(self.beams, self.scores.tolist(), strict=True):
+                if s != float("-inf"):
+                    ranked.append(Hypothesis(beam, s, self._final_score(s, len(beam)), "length"))
+        out: list[Hypothesis] = []
+        seen: set[tuple[int, ...]] = set()
+        for h in ranked:
+            key = tuple(h.tokens)
+            if key not in seen:
+                seen.add(key)
+                out.append(h)
+            if len(out) == n:
+                break
+        return out
 
 
 @torch.inference_mode()

@@ -316,6 +316,8 @@ def test_grpcurl_example(server: Any, argv: list[str]) -> None:
         assert out[0]["status"] == "SERVING"
     elif cmd.symbol and cmd.symbol.endswith("/GenerateStream"):
         assert out[-1]["finishReason"].startswith("FINISH_REASON_"), out
+    elif cmd.symbol and cmd.symbol.endswith("/Detect"):
+        assert out[0]["languages"][0]["language"], out
     elif cmd.symbol and cmd.symbol.startswith("sora.v1.Sora/"):
         inputs = request.get("texts", request.get("questions"))
         assert len(out[0]["results"]) == len(inputs), out

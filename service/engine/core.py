@@ -81,7 +81,7 @@ class CoreEngine(Engine):
         elif kind == "done":
             seq = job.sequences[index]
             self._outbox.append(["done", key, index, seq.status.value, seq.token_ids,
-                                 seq.logprob, seq.text])
+                                 seq.logprob, seq.text, seq.candidates])
             if job.finished:
                 self.jobs.pop(key, None)
         elif kind == "error":

@@ -283,8 +283,8 @@ class CoreClient:
             if job is None:  # failed already; the core finished a sibling in that step
                 return
             seq = job.sequences[index]
-            seq.status, seq.token_ids, seq.logprob, seq.text = (
-                Status(event[3]), event[4], event[5], event[6])
+            seq.status, seq.token_ids, seq.logprob, seq.text, seq.candidates = (
+                Status(event[3]), event[4], event[5], event[6], event[7])
             self._open -= 1
             if job.finished:
                 del self._jobs[key]

@@ -356,8 +356,14 @@ class Engine:
         self._fresh = []
         for row, seq in batch.watched():
             if seq.beam is not None and seq.beam.done:
-                best = seq.beam.best()
+                hyps = seq.beam.nbest(seq.params.num_return_sequences)
+                best = hyps[0]
                 ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+                if seq.params.num_return_sequences > 1:
+                    outs = self.tokenizer.decode_batch(
+                        [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
+                    )
+                    seq.candidates = [[t, h.score] for t, h in zip(outs, hyps, strict=True)]
                 self._finish_seq(seq, ids, best.logprob, best.finish_reason)
                 finished.add(id(seq))
             elif seq.detok is not None and seq.beam is None and row not in bad_rows:

@@ -1,10 +1,12 @@
-"""Helpers shared by the service tests: Server-Sent Events parsing and polling."""
+"""Helpers shared by the service tests: Server-Sent Events parsing, polling, a full queue."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -31,3 +33,21 @@ def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 30.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def queue_full(srv: Any, call: Callable[[], None]) -> Iterator[None]:
+    """On a server started with max_batch_sequences=1 and max_waiting=1: runs `call` on
+    two threads so one request runs and one waits, holds the engine while the block
+    runs (any further request is refused), then lets both finish."""
+    with srv.paused() as gate:
+        first = threading.Thread(target=call)
+        first.start()
+        wait_for(lambda: srv.running() == 1, "the first request running")
+        second = threading.Thread(target=call)
+        second.start()
+        wait_for(lambda: srv.accepted() == 2, "the second request waiting")
+        yield
+        gate.set()
+        first.join()
+        second.join()
