@@ -124,6 +124,9 @@ def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
         max_source_tokens=info.max_source_tokens,
         max_new_tokens=info.max_new_tokens,
         state=info.state,
+        architecture=info.architecture,
+        language_pairs=[sora_pb2.LanguagePair(source=s, target=t)
+                        for s, t in info.language_pairs or ()],
     )
 
 
@@ -197,11 +200,11 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         try:
             if task is None:
                 raise InvalidRequest("task must be translate, summarize or answer", field="task")
-            engine = self.registry.get(request.model or None, request.version or None)
             inp = TaskInput(
                 task, request.text, target_lang=request.target_lang or None,
                 source_lang=request.source_lang or None, context=request.context or None,
             )
+            engine = self.registry.route([inp], request.model or None, request.version or None)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )
@@ -266,7 +269,8 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
                     f"{self.max_batch_texts}",
                     field=list_field,
                 )
-            engine = self.registry.get(request.model or None, request.version or None)
+            engine = self.registry.route(inputs, request.model or None,
+                                         request.version or None)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )

@@ -97,7 +97,7 @@ async def _run(
     stream: bool,
     max_length: int | None = None,
 ) -> Response | TaskResponse:
-    engine = resolve_engine(request, model)
+    engine = resolve_engine(request, model, inputs)
     request.state.model = engine.name  # refusals from here on are counted per model
     params = _params(options, engine, max_length)
     jobs = submit_all(
