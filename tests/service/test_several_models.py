@@ -5,6 +5,7 @@ are per model; and each model's batches hold only its own requests."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,23 @@ def test_batches_never_mix_models(srv: RunningServer) -> None:
         assert seen[name][0] == {name, "rows=3"}  # its three requests, batched together
         assert all(models - {"rows=3"} == {name} for models in seen[name])
     assert seen["summ"] == []
+
+
+def test_engine_processes_report_the_declaration(repo: Path, tmp_path: Path) -> None:
+    """With each engine in a process of its own, the core sends the declaration back:
+    listings and routing are the same."""
+    one = tmp_path / "repo"
+    shutil.copytree(repo / "en-de", one / "en-de")
+    running = launch(one, engine_process=True, grpc_enabled=False)
+    try:
+        [card] = httpx.get(running.http_url + "/v1/models").json()["models"]
+        assert (card["architecture"], card["tasks"], card["language_pairs"]) == (
+            "sora", ["translate"], [["en", "de"]])
+        assert post(running, "/v1/translate", {"text": "Hi.", "source_lang": "en",
+                                               "target_lang": "de"}).status_code == 200
+        refused = post(running, "/v1/translate", {"text": "Hi.", "source_lang": "de",
+                                                  "target_lang": "en"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["field"] == "target_lang"  # it translates into de only
+    finally:
+        running.stop()
