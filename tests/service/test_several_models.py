@@ -177,8 +177,8 @@ def test_metrics_carry_the_routed_model(srv: RunningServer) -> None:
     families = {f.name: f for f in text_string_to_metric_families(text)}
     served = {("en-de", "translate"), ("summ", "summarize")}
     for name in ("sora_requests", "sora_request_duration_seconds",
-                 "sora_time_to_first_token_seconds", "sora_prompt_tokens",
-                 "sora_generated_tokens"):
+                 "sora_request_queue_duration_seconds", "sora_time_to_first_token_seconds",
+                 "sora_prompt_tokens", "sora_generated_tokens"):
         seen = {(s.labels["model"], s.labels["task"]) for s in families[name].samples}
         assert served <= seen, name
     steps = {s.labels["model"] for s in families["sora_step_duration_seconds"].samples}
