@@ -123,7 +123,9 @@ def model_cards(reply: pb.ListModelsResponse) -> list[ModelCard]:
         ModelCard(name=m.name, version=m.version, tasks=list(m.tasks),
                   languages=list(m.languages), device=m.device, dtype=m.dtype,
                   parameters=m.parameters, max_source_tokens=m.max_source_tokens,
-                  max_new_tokens=m.max_new_tokens, status=m.state)
+                  max_new_tokens=m.max_new_tokens, status=m.state,
+                  architecture=m.architecture,
+                  language_pairs=[(p.source, p.target) for p in m.language_pairs] or None)
         for m in reply.models
     ]
 

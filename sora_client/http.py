@@ -96,7 +96,13 @@ def languages(body: dict[str, Any]) -> list[DetectedLanguage]:
 
 
 def model_cards(body: dict[str, Any]) -> list[ModelCard]:
-    return [ModelCard(**known_fields(ModelCard, card)) for card in body["models"]]
+    cards = []
+    for card in body["models"]:
+        fields = known_fields(ModelCard, card)
+        if fields.get("language_pairs") is not None:  # JSON arrays -> (source, target)
+            fields["language_pairs"] = [(s, t) for s, t in fields["language_pairs"]]
+        cards.append(ModelCard(**fields))
+    return cards
 
 
 def error_for(response: httpx.Response) -> SoraError:

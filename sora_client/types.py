@@ -109,6 +109,9 @@ class ModelCard:
     max_source_tokens: int
     max_new_tokens: int
     status: str
+    architecture: str = "sora"  # or the imported family ("marian", "bart", "t5", ...)
+    # [source, target] directions served; None: any ordered pair of `languages`.
+    language_pairs: list[tuple[str, str]] | None = None
 
 
 def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from service.engine.errors import InvalidRequest
 from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
+from service.engine.request import TaskInput
 from service.langdetect import Detection, UnservedLanguage, detector_for
 
 AUTO = "auto"
@@ -53,39 +54,42 @@ def route(
     text_fields: Sequence[str],
 ) -> Route:
     """The engine for translating `texts` from `source` (None or "auto": detected per
-    text) into `target`. A named model must serve the source languages; otherwise the
-    default model does when it can, else the first model serving them and the target."""
+    text) into `target`, chosen by the one routing rule (service/engine/routing.py)
+    once the sources are known; a detected language no model can take names the text."""
     detections = None
     if source is None or source == AUTO:
         detections = [detect(registry, t, 1, f)[0] for t, f in zip(texts, text_fields, strict=True)]
-        sources = {d.language for d in detections}
+        sources = [d.language for d in detections]
     else:
-        sources = {source}
-    needed = sources | {target}
+        sources = [source] * len(texts)
+    inputs = [TaskInput("translate", t, target_lang=target, source_lang=s)
+              for t, s in zip(texts, sources, strict=True)]
+    if detections is None:
+        return Route(registry.route(inputs, model), None)
     if model is not None:
         engine = registry.get(model)
         langs = set(engine.info().languages)
-        for d, field in zip(detections or [], text_fields, strict=False):
+        for d, field in zip(detections, text_fields, strict=True):
             if d.language not in langs:
                 raise InvalidRequest(
                     f"detected language {d.language!r} is not served by model {engine.name}",
                     field=field,
                 )
-        return Route(engine, detections)
-    default = registry.get(None)
-    candidates = [default, *(e for e in registry.engines() if e is not default)]
-    for engine in candidates:
-        if needed <= set(engine.info().languages):
-            return Route(engine, detections)
-    if detections is None or target not in served_languages(registry):
-        return Route(default, detections)  # admission names the unsupported field
-    for d, field in zip(detections, text_fields, strict=True):
-        if not any({d.language, target} <= set(e.info().languages) for e in candidates):
+        return Route(registry.route(inputs, model), detections)
+    try:
+        return Route(registry.route(inputs), detections)
+    except InvalidRequest:
+        if target not in served_languages(registry):
+            raise  # the rule's refusal names target_lang and what is served
+    for inp, d, field in zip(inputs, detections, text_fields, strict=True):
+        try:
+            registry.route([inp])
+        except InvalidRequest:
             raise InvalidRequest(
                 f"no model translates {d.language} (detected) into {target}", field=field
-            )
+            ) from None
     # Each text has a model, but no one model serves them all.
     raise InvalidRequest(
-        f"no one model translates {', '.join(sorted(sources))} into {target}; "
+        f"no one model translates {', '.join(sorted(set(sources)))} into {target}; "
         "send these texts in separate requests", field=text_fields[0],
     )

@@ -166,7 +166,7 @@ def run_core(conn: socket.socket, spec: dict[str, Any]) -> None:
     heap.freeze()
     info = engine.info()
     conn.sendall(wire.frame(["ready", {
-        "tasks": list(info.tasks), "languages": list(info.languages), "device": info.device,
+        **info.capabilities.to_dict(), "device": info.device,
         "dtype": info.dtype, "parameters": info.parameters,
         "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
     }]))

@@ -176,6 +176,9 @@ class CoreClient:
         return ModelInfo(
             name=self.name, version=self.version, tasks=tuple(i.get("tasks", ())),
             languages=tuple(i.get("languages", ())), device=i.get("device", "?"),
+            architecture=i.get("architecture", "sora"),
+            language_pairs=None if i.get("language_pairs") is None
+            else tuple((s, t) for s, t in i["language_pairs"]),
             dtype=i.get("dtype", "?"), parameters=i.get("parameters", 0),
             max_source_tokens=self.max_source_tokens, max_new_tokens=self.max_new_tokens,
             state=self.state.value,

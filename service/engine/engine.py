@@ -20,7 +20,6 @@ import torch
 from model.checkpoint import Checkpoint
 from model.device import prepare_for_inference, resolve_device
 from model.sampling import DecodingParams
-from model.tokenizer import LANGUAGES, TASKS
 from service.engine.admission import Admission
 from service.engine.batch import RunningBatch
 from service.engine.config import EngineConfig
@@ -32,6 +31,7 @@ from service.engine.errors import (
     Unavailable,
 )
 from service.engine.request import Completion, Job, Sequence, Status, StreamDelta, TaskInput
+from service.engine.routing import Capabilities
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Scheduler
 from service.engine.stats import Listener, RequestStats, StepStats, notify
@@ -61,6 +61,13 @@ class ModelInfo:
     max_source_tokens: int
     max_new_tokens: int
     state: str
+    architecture: str = "sora"
+    # Directions served; None: any ordered pair of `languages`.
+    language_pairs: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(self.architecture, self.tasks, self.languages, self.language_pairs)
 
 
 class Engine:
@@ -76,6 +83,7 @@ class Engine:
         self.name = name or checkpoint.name
         self.version = version
         self.manifest = checkpoint.manifest
+        self.capabilities = Capabilities.from_manifest(self.manifest)  # a bad one fails here
         device, dtype = resolve_device(self.config.device, self.config.dtype)
         model = prepare_for_inference(
             checkpoint.model.to(device=device, dtype=dtype).eval(),
@@ -176,14 +184,16 @@ class Engine:
         return ModelInfo(
             name=self.name,
             version=self.version,
-            tasks=tuple(self.manifest.get("tasks", TASKS)),
-            languages=tuple(self.manifest.get("languages", LANGUAGES)),
+            tasks=self.capabilities.tasks,
+            languages=self.capabilities.languages,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             parameters=self.parameters,
             max_source_tokens=self.max_source_tokens,
             max_new_tokens=self.max_new_tokens,
             state=self.state.value,
+            architecture=self.capabilities.architecture,
+            language_pairs=self.capabilities.language_pairs,
         )
 
     # -- submission (event loop) -------------------------------------------------------

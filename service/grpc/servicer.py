@@ -133,6 +133,9 @@ def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
         max_source_tokens=info.max_source_tokens,
         max_new_tokens=info.max_new_tokens,
         state=info.state,
+        architecture=info.architecture,
+        language_pairs=[sora_pb2.LanguagePair(source=s, target=t)
+                        for s, t in info.language_pairs or ()],
     )
 
 
@@ -247,11 +250,11 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         try:
             if task is None:
                 raise InvalidRequest("task must be translate, summarize or answer", field="task")
-            engine = self.registry.get(request.model or None, request.version or None)
             inp = TaskInput(
                 task, request.text, target_lang=request.target_lang or None,
                 source_lang=request.source_lang or None, context=request.context or None,
             )
+            engine = self.registry.route([inp], request.model or None, request.version or None)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )
@@ -321,7 +324,8 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
                     field=list_field,
                 )
             if engine is None:
-                engine = self.registry.get(request.model or None, request.version or None)
+                engine = self.registry.route(inputs, request.model or None,
+                                             request.version or None)
             elif request.version:
                 engine = self.registry.get(engine.name, request.version)
             params = decoding_params(

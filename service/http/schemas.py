@@ -135,8 +135,13 @@ class TaskResponse(BaseModel):
 class ModelCard(BaseModel):
     name: str
     version: str
+    architecture: str = Field(description='"sora", or the imported family ("marian", '
+                              '"bart", "mbart", "m2m100", "nllb", "t5")')
     tasks: list[str]
     languages: list[str]
+    language_pairs: list[tuple[str, str]] | None = Field(
+        description="[source, target] directions served; null: any ordered pair of "
+                    "`languages`")
     device: str
     dtype: str
     parameters: int

@@ -118,6 +118,7 @@ def test_models(client: Client) -> None:
     assert card.name == "tiny" and card.status == "ready"
     assert set(card.tasks) == {"translate", "summarize", "answer"} and "de" in card.languages
     assert card.parameters > 0 and card.max_new_tokens > 0
+    assert card.architecture == "sora" and card.language_pairs is None  # any pair
 
 
 def test_errors_name_the_field(client: Client) -> None:

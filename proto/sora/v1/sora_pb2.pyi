@@ -270,7 +270,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "tasks", "languages", "device", "dtype", "parameters", "max_source_tokens", "max_new_tokens", "state")
+    __slots__ = ("name", "version", "tasks", "languages", "device", "dtype", "parameters", "max_source_tokens", "max_new_tokens", "state", "architecture", "language_pairs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,8 @@ class ModelInfo(_message.Message):
     MAX_SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_PAIRS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     tasks: _containers.RepeatedScalarFieldContainer[str]
@@ -291,7 +293,17 @@ class ModelInfo(_message.Message):
     max_source_tokens: int
     max_new_tokens: int
     state: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., languages: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    architecture: str
+    language_pairs: _containers.RepeatedCompositeFieldContainer[LanguagePair]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., languages: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., state: _Optional[str] = ..., architecture: _Optional[str] = ..., language_pairs: _Optional[_Iterable[_Union[LanguagePair, _Mapping]]] = ...) -> None: ...
+
+class LanguagePair(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

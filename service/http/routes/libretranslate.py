@@ -44,7 +44,7 @@ from service.http.deps import (
     get_settings,
     key_accepted,
     presented_key,
-    resolve_engine,
+    serving_registry,
 )
 from service.http.errors import CLIENT_CLOSED_REQUEST, ApiError, from_engine_error
 from service.http.jobs import ClientDisconnected, submit_all, wait_all
@@ -220,8 +220,7 @@ async def translate(request: Request, ctx: CallContext = Depends(call_context)) 
     if text_format not in ("text", "html"):
         raise _bad(f"{text_format} format is not supported")
     n_alt = _alternatives(values)
-    resolve_engine(request, None)  # 503 while loading or draining
-    registry = get_registry(request)
+    registry = serving_registry(request)  # 503 while loading or draining
     served = served_languages(registry)
     for lang in (source, target):
         if lang not in served and not (lang == source == AUTO):
@@ -286,8 +285,7 @@ async def detect_language(request: Request) -> Response:
     _authorize(request, values)
     settings = get_settings(request)
     texts, _ = _text_list(values.get("q"), settings.max_batch_texts, settings.max_input_chars)
-    resolve_engine(request, None)
-    detections = detect(get_registry(request), "\n".join(texts), top=3, field="q")
+    detections = detect(serving_registry(request), "\n".join(texts), top=3, field="q")
     return JSONResponse([_lt_detection(d) for d in detections])
 
 

@@ -16,10 +16,10 @@ from service.engine.request import TaskInput
 from service.http.deps import (
     CallContext,
     call_context,
-    get_registry,
     get_settings,
     require_api_key,
     resolve_engine,
+    serving_registry,
 )
 from service.http.errors import CLIENT_CLOSED_REQUEST, ApiError
 from service.http.jobs import ClientDisconnected, sse_stream, submit_all, task_response, wait_all
@@ -105,7 +105,7 @@ async def _run(
     engine: EngineClient | None = None,
     cut: Plan | None = None,
 ) -> Response | TaskResponse:
-    engine = engine or resolve_engine(request, model)
+    engine = engine or resolve_engine(request, model, inputs)
     request.state.model = engine.name  # refusals from here on are counted per model
     params = _params(options, engine, max_length)
     jobs = submit_all(
@@ -139,8 +139,7 @@ async def translate(
     # html text nodes, then the text between glossary terms: each piece one input.
     cut = plan(texts, html=body.format == "html", glossary=body.glossary,
                stream=body.stream, text_field=fields[0])
-    resolve_engine(request, body.model)  # 503 while loading or draining, 404 unknown model
-    chosen = route(get_registry(request), body.model, body.source_lang, body.target_lang,
+    chosen = route(serving_registry(request), body.model, body.source_lang, body.target_lang,
                    cut.plain(), fields)
     owner = cut.owner
     detected = chosen.detections
@@ -160,12 +159,12 @@ async def translate(
 @router.post("/detect", response_model=DetectResponse, responses=ERRORS)
 async def detect_language(body: DetectRequest, request: Request) -> DetectResponse:
     """The languages `text` is most likely in, over the languages the models serve."""
-    resolve_engine(request, None)
+    registry = serving_registry(request)
     limit = get_settings(request).max_input_chars
     if len(body.text) > limit:
         raise ApiError(400, "input_too_long",
                        f"text has {len(body.text)} characters; the limit is {limit}", field="text")
-    found = detect(get_registry(request), body.text, top=body.top)
+    found = detect(registry, body.text, top=body.top)
     return DetectResponse(languages=[
         DetectedLanguage(language=d.language, confidence=d.confidence) for d in found
     ])
