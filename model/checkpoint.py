@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import ConfigError, SoraConfig
-from model.prompting import Prompting, PromptError
+from model.prompting import PromptError, Prompting
 from model.sora import Sora
 from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
 

@@ -52,6 +52,7 @@ class SoraConfig:
     scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model)
     linear_bias: bool = True  # biases in attention and feed-forward projections
     final_logits_bias: bool = False  # a (vocab,) bias added to the logits (Marian, BART)
+    d_attention: int = 0  # heads * head_dim where it differs from d_model (T5 v1.1); 0 = d_model
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_source_positions",
@@ -63,7 +64,13 @@ class SoraConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.d_model % self.n_heads:
+        if not isinstance(self.d_attention, int) or self.d_attention < 0:
+            raise ConfigError(f"d_attention must be an integer >= 0, got {self.d_attention!r}")
+        if self.attention_dim % self.n_heads:
+            raise ConfigError(
+                f"d_attention ({self.attention_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.d_model % self.n_heads and not self.d_attention:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
@@ -78,7 +85,9 @@ class SoraConfig:
                     f"{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
         if not (isinstance(self.position_offset, int) and self.position_offset >= 0):
-            raise ConfigError(f"position_offset must be an integer >= 0, got {self.position_offset!r}")
+            raise ConfigError(
+                f"position_offset must be an integer >= 0, got {self.position_offset!r}"
+            )
         if self.positions.startswith("sinusoidal-") and self.d_model % 2:
             raise ConfigError(f"positions {self.positions!r} need an even d_model")
         if not 0.0 < self.norm_eps < 1.0:
@@ -93,8 +102,13 @@ class SoraConfig:
                 raise ConfigError(f"{name} must be a token id below vocab_size, got {value!r}")
 
     @property
+    def attention_dim(self) -> int:
+        """Width of queries, keys and values (all heads together)."""
+        return self.d_attention or self.d_model
+
+    @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.attention_dim // self.n_heads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,8 +92,9 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.linear_bias)
-        self.out = nn.Linear(config.d_model, config.d_model, bias=config.linear_bias)
+        inner = config.attention_dim
+        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=config.linear_bias)
+        self.out = nn.Linear(inner, config.d_model, bias=config.linear_bias)
 
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
@@ -135,9 +136,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.q = nn.Linear(config.d_model, config.d_model, bias=config.linear_bias)
-        self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=config.linear_bias)
-        self.out = nn.Linear(config.d_model, config.d_model, bias=config.linear_bias)
+        inner = config.attention_dim
+        self.q = nn.Linear(config.d_model, inner, bias=config.linear_bias)
+        self.kv = nn.Linear(config.d_model, 2 * inner, bias=config.linear_bias)
+        self.out = nn.Linear(inner, config.d_model, bias=config.linear_bias)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         k, v = (split_heads(t, self.n_heads) for t in self.kv(memory).chunk(2, dim=-1))

@@ -127,7 +127,8 @@ class RelativeBias(nn.Module):
         """(1 or batch, heads, q_len, k_len) bias for whole sequences; `allowed` is a
         boolean mask broadcastable to it (True = may attend) or None."""
         device = self.embedding.weight.device
-        rel = torch.arange(k_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
+        keys, queries = torch.arange(k_len, device=device), torch.arange(q_len, device=device)
+        rel = keys[None, :] - queries[:, None]
         bias = self.bias(rel)[None]
         if allowed is not None:
             bias = bias.masked_fill(~allowed, float("-inf"))

@@ -35,12 +35,13 @@ class PromptError(ValueError):
 class Prompting:
     """The spec stored in the manifest. style "sora": Sora's task and language tokens.
     style "text": `templates[task]` formatted with {text}, {context}, {source} and
-    {target} (English language names), then `target_tokens[target_lang]` put in front
-    and `suffix` tokens after."""
+    {target} (English language names) and encoded, with `target_tokens[target_lang]`
+    (translate) and the `prefix` tokens in front and the `suffix` tokens after."""
 
     style: str = "sora"
     templates: dict[str, str] = field(default_factory=dict)
     target_tokens: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)
     suffix: list[str] = field(default_factory=list)
     # [source, target] ISO pairs served; used to infer a missing source language.
     language_pairs: list[list[str]] = field(default_factory=list)
@@ -105,4 +106,5 @@ class Prompting:
                 names = {"source": LANGUAGE_NAMES.get(source_lang, source_lang),
                          "target": LANGUAGE_NAMES.get(target_lang, target_lang)}
         body = template.format(text=text, context=context or "", **names)
+        prefix.extend(tokenizer.token_id(t) for t in self.prefix)
         return [*prefix, *tokenizer.encode(body), *(tokenizer.token_id(t) for t in self.suffix)]
