@@ -67,12 +67,9 @@ class SoraConfig:
         if not isinstance(self.d_attention, int) or self.d_attention < 0:
             raise ConfigError(f"d_attention must be an integer >= 0, got {self.d_attention!r}")
         if self.attention_dim % self.n_heads:
+            name = "d_attention" if self.d_attention else "d_model"
             raise ConfigError(
-                f"d_attention ({self.attention_dim}) must be divisible by n_heads ({self.n_heads})"
-            )
-        if self.d_model % self.n_heads and not self.d_attention:
-            raise ConfigError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+                f"{name} ({self.attention_dim}) must be divisible by n_heads ({self.n_heads})"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
