@@ -76,11 +76,16 @@ class BeamSearch:
         parents: list[int] = []
         tokens: list[int] = []
         new_scores: list[float] = []
-        for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist(),
+                                                strict=True)):
             if score == float("-inf"):
                 break
             parent, token = divmod(idx, vocab)
             seq = [*self.beams[parent], token]
+            if rank >= k and (token == self.eos_id or step >= self.params.max_new_tokens):
+                # Only the k best candidates may finish (as in fairseq and transformers);
+                # the rest are there to keep k beams alive.
+                continue
             if token == self.eos_id and not self.params.ignore_eos:
                 self.finished.append(
                     Hypothesis(seq, score, self._final_score(score, len(seq)), "eos")

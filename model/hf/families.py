@@ -69,7 +69,17 @@ class Source:
 
 # -- Marian, BART, mBART, M2M100/NLLB: one layout, different norms and positions ------
 
-def bart_like_config(cfg: dict[str, Any], **arch: Any) -> SoraConfig:
+def _tied(cfg: dict[str, Any], src: Source) -> bool:
+    """Whether the output projection is the embedding: the config says so, and no
+    separate lm_head weight that differs from it is saved."""
+    if not src.has("lm_head.weight"):
+        return True
+    shared = src.first("shared.weight", "encoder.embed_tokens.weight")
+    head = src("lm_head.weight")
+    return head.shape == shared.shape and bool(torch.equal(head, shared))
+
+
+def bart_like_config(cfg: dict[str, Any], src: Source, **arch: Any) -> SoraConfig:
     d = cfg["d_model"]
     return SoraConfig(
         vocab_size=cfg["vocab_size"],
@@ -85,7 +95,7 @@ def bart_like_config(cfg: dict[str, Any], **arch: Any) -> SoraConfig:
         pad_id=cfg["pad_token_id"],
         bos_id=cfg["decoder_start_token_id"],
         eos_id=cfg["eos_token_id"],
-        tie_embeddings=cfg.get("tie_word_embeddings", True),
+        tie_embeddings=_tied(cfg, src),
         scale_embeddings=bool(cfg.get("scale_embedding", False)),
         **arch,
     )
@@ -109,7 +119,7 @@ def _copy(src: Source, hf: str, ours: str, out: Weights) -> None:
     out[f"{ours}.bias"] = src(f"{hf}.bias")
 
 
-def bart_like_weights(src: Source, config: SoraConfig) -> Weights:
+def bart_like_weights(src: Source, config: SoraConfig, cfg: dict[str, Any]) -> Weights:
     out: Weights = {"embed.weight": src.first("shared.weight", "encoder.embed_tokens.weight")}
     for i in range(config.n_encoder_layers):
         hf, ours = f"encoder.layers.{i}", f"encoder_layers.{i}"
@@ -143,22 +153,22 @@ def bart_like_weights(src: Source, config: SoraConfig) -> Weights:
     return out
 
 
-def marian_config(cfg: dict[str, Any]) -> SoraConfig:
+def marian_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
     if not cfg.get("share_encoder_decoder_embeddings", True):
         raise HFImportError("Marian models with separate source/target vocabularies "
                            "(share_encoder_decoder_embeddings false) are not supported")
-    return bart_like_config(cfg, norm_placement="post", final_norms=False,
+    return bart_like_config(cfg, src, norm_placement="post", final_norms=False,
                             positions="sinusoidal-halves", final_logits_bias=True)
 
 
-def bart_config(cfg: dict[str, Any]) -> SoraConfig:
-    return bart_like_config(cfg, norm_placement="post", final_norms=False, embedding_norm=True,
+def bart_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
+    return bart_like_config(cfg, src, norm_placement="post", final_norms=False, embedding_norm=True,
                             positions="learned", position_offset=2, final_logits_bias=True)
 
 
 # -- T5, Flan-T5, mT5 ------------------------------------------------------------------
 
-def t5_config(cfg: dict[str, Any]) -> SoraConfig:
+def t5_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
     proj = cfg.get("feed_forward_proj", "relu")
     gated = proj.startswith("gated-")
     act = "gelu_new" if proj == "gated-gelu" else proj.removeprefix("gated-")
@@ -183,7 +193,7 @@ def t5_config(cfg: dict[str, Any]) -> SoraConfig:
         pad_id=cfg["pad_token_id"],
         bos_id=cfg.get("decoder_start_token_id", cfg["pad_token_id"]),
         eos_id=cfg["eos_token_id"],
-        tie_embeddings=cfg.get("tie_word_embeddings", True) is not False,
+        tie_embeddings=_tied(cfg, src),
         norm="rmsnorm",
         norm_eps=float(cfg.get("layer_norm_epsilon", 1e-6)),
         positions="relative",
@@ -195,7 +205,7 @@ def t5_config(cfg: dict[str, Any]) -> SoraConfig:
     )
 
 
-def t5_weights(src: Source, config: SoraConfig) -> Weights:
+def t5_weights(src: Source, config: SoraConfig, cfg: dict[str, Any]) -> Weights:
     q_scale = math.sqrt(config.head_dim)  # T5 does not scale scores; Sora's attention does
     out: Weights = {"embed.weight": src.first("shared.weight", "encoder.embed_tokens.weight")}
 
@@ -235,9 +245,11 @@ def t5_weights(src: Source, config: SoraConfig) -> Weights:
     out["decoder_bias.embedding.weight"] = src(f"decoder.{bias}")
     out["encoder_norm.weight"] = src("encoder.final_layer_norm.weight")
     decoder_norm = src("decoder.final_layer_norm.weight")
-    if config.tie_embeddings:  # tied T5 scales the decoder output by d_model**-0.5
+    # T5 v1.0 scales the decoder output by d_model**-0.5, v1.1 does not: configs say so
+    # by scale_decoder_outputs (transformers >= 5) or tie_word_embeddings false (before).
+    if cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True) is not False):
         decoder_norm = decoder_norm * config.d_model**-0.5
-    else:
+    if not config.tie_embeddings:
         out["lm_head.weight"] = src("lm_head.weight")
     out["decoder_norm.weight"] = decoder_norm
     return out
@@ -246,8 +258,8 @@ def t5_weights(src: Source, config: SoraConfig) -> Weights:
 @dataclass(frozen=True)
 class Family:
     architecture: str  # the manifest's `architecture`
-    config: Callable[[dict[str, Any]], SoraConfig]
-    weights: Callable[[Source, SoraConfig], Weights]
+    config: Callable[[dict[str, Any], Source], SoraConfig]
+    weights: Callable[[Source, SoraConfig, dict[str, Any]], Weights]
 
 
 # config.json's model_type -> family.

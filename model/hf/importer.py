@@ -183,8 +183,9 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
         raise HFImportError(f"{src}: not a directory (give a save_pretrained directory)")
     cfg = _read_json(src / "config.json")
     family = family_of(cfg)
+    src_weights = Source(load_weights(src, allow_pickle))
     try:
-        config = family.config(cfg)
+        config = family.config(cfg, src_weights)
     except (KeyError, ConfigError) as e:
         raise HFImportError(f"{src / 'config.json'}: cannot map to a Sora model: {e}") from e
     if family.architecture == "marian":
@@ -212,7 +213,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
         raise HFImportError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model "
                             f"{config.vocab_size}")
     model = Sora(config)
-    state = family.weights(Source(load_weights(src, allow_pickle)), config)
+    state = family.weights(src_weights, config, cfg)
     _check_shapes(model, state)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     _ban_tokens(model, cfg)

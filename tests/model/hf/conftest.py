@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.hf.importer import Overrides, import_hf
@@ -114,3 +115,78 @@ def marian_multi(marian_multi_dir: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("imported") / "marian-multi"
     import_hf(marian_multi_dir, out, overrides=Overrides(pairs=[["en", "de"], ["en", "fr"]]))
     return load_checkpoint(out)
+
+
+def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
+    """A Unigram tokenizer.json as T5's fast tokenizer has one (Metaspace, specials
+    first): whole words of the test sentences and every character, with fixed scores
+    (deterministic, unlike training)."""
+    words = sorted({w for line in [*ENGLISH, *GERMAN, *T5_WORDS] for w in line.split()})
+    chars = sorted({c for w in words for c in w})
+    vocab = [(t, 0.0) for t in specials]
+    vocab += [(f"▁{w}", -float(len(w))) for w in words]
+    vocab += [(c, -10.0) for c in chars] + [("▁", -10.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index("<unk>")))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    return tok
+
+
+T5_WORDS = ["summarize: question: context: translate English to German:"]
+
+
+def save_t5(path: Path, gated: bool) -> Path:
+    path.mkdir()
+    tok = sentencepiece_like_tokenizer(["<pad>", "</s>", "<unk>"])
+    tok.save(str(path / "tokenizer.json"))
+    config = transformers.T5Config(
+        vocab_size=tok.get_vocab_size(), d_model=16, d_kv=6, d_ff=32, num_layers=2,
+        num_decoder_layers=2, num_heads=2, relative_attention_num_buckets=8,
+        relative_attention_max_distance=20, dropout_rate=0.0,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=not gated, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(config)
+    randomize(model, seed=2, std=T5_STD)
+    with torch.no_grad():  # </s> likelier, so that outputs end at different lengths
+        model.shared.weight[config.eos_token_id] *= T5_EOS_SCALE
+    model.save_pretrained(path)
+    return path
+
+
+T5_STD, T5_EOS_SCALE = 0.4, 2.0  # a mix of ended and cut-off outputs
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """T5 v1.0's shape: relu, tied embeddings (output scaled by d_model**-0.5)."""
+    return save_t5(tmp_path_factory.mktemp("hf") / "t5-tiny", gated=False)
+
+
+@pytest.fixture(scope="session")
+def flan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Flan-T5 / T5 v1.1's: gated-gelu, separate lm_head, heads * d_kv != d_model."""
+    return save_t5(tmp_path_factory.mktemp("hf") / "flan-t5-tiny", gated=True)
+
+
+@pytest.fixture(scope="session")
+def t5(t5_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    return load_checkpoint(import_hf(t5_dir, tmp_path_factory.mktemp("imported") / "t5"))
+
+
+@pytest.fixture(scope="session")
+def flan(flan_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    return load_checkpoint(import_hf(flan_dir, tmp_path_factory.mktemp("imported") / "flan"))
+
+
+@pytest.fixture(scope="session")
+def t5_hf(t5_dir: Path) -> torch.nn.Module:
+    return transformers.T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def flan_hf(flan_dir: Path) -> torch.nn.Module:
+    return transformers.T5ForConditionalGeneration.from_pretrained(flan_dir).eval()
