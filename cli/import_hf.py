@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hf.add_argument("--pair", type=_pair, action="append", default=None, metavar="SRC-TGT",
                     help="a language pair the model translates (ISO 639-1; repeat for more); "
                     "replaces the pairs the importer infers")
+    hf.add_argument("--languages", default=None,
+                    help="comma-separated ISO 639-1 codes of the text it reads (default: "
+                    "those of its pairs, else en)")
     hf.add_argument("--tasks", default=None,
                     help="comma-separated tasks it serves (default: those it has templates for)")
     hf.add_argument("--template", type=_mapping, action="append", default=[],
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         tasks=args.tasks.split(",") if args.tasks else None,
         pairs=args.pair,
+        languages=args.languages.split(",") if args.languages else None,
         templates=dict(args.template),
         target_tokens=dict(args.target_token),
         name=args.name,

@@ -58,6 +58,7 @@ class Overrides:
 
     tasks: list[str] | None = None
     pairs: list[list[str]] | None = None  # [source, target] ISO codes
+    languages: list[str] | None = None  # ISO codes of the text it reads (default: the pairs')
     templates: dict[str, str] = field(default_factory=dict)
     target_tokens: dict[str, str] = field(default_factory=dict)
     name: str | None = None
@@ -217,7 +218,8 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     _check_shapes(model, state)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     _ban_tokens(model, cfg)
-    languages = sorted({lang for pair in pairs for lang in pair})
+    # A summarizer's languages: the user's, else English (BART, T5 were trained on it).
+    languages = over.languages or sorted({lang for pair in pairs for lang in pair}) or ["en"]
     info = {
         "name": over.name or str(cfg.get("_name_or_path") or src.resolve().name),
         "architecture": family.architecture,

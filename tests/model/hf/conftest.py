@@ -190,3 +190,41 @@ def t5_hf(t5_dir: Path) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def flan_hf(flan_dir: Path) -> torch.nn.Module:
     return transformers.T5ForConditionalGeneration.from_pretrained(flan_dir).eval()
+
+
+def save_bart(path: Path) -> Path:
+    path.mkdir()
+    tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>"])
+    tok.save(str(path / "tokenizer.json"))
+    config = transformers.BartConfig(
+        vocab_size=tok.get_vocab_size(), d_model=16, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=64, dropout=0.0, bos_token_id=0,
+        pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(config)
+    randomize(model, seed=3, std=BART_STD)
+    with torch.no_grad():
+        model.final_logits_bias[0, config.eos_token_id] = BART_EOS_BIAS
+    model.save_pretrained(path)
+    return path
+
+
+BART_STD, BART_EOS_BIAS = 0.3, 2.0  # a mix of ended and cut-off outputs
+
+
+@pytest.fixture(scope="session")
+def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bart(tmp_path_factory.mktemp("hf") / "bart-tiny")
+
+
+@pytest.fixture(scope="session")
+def bart(bart_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    return load_checkpoint(import_hf(bart_dir, tmp_path_factory.mktemp("imported") / "bart"))
+
+
+@pytest.fixture(scope="session")
+def bart_hf(bart_dir: Path) -> torch.nn.Module:
+    return transformers.BartForConditionalGeneration.from_pretrained(bart_dir).eval()
