@@ -4,15 +4,22 @@ in a batch of mixed lengths."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from model.checkpoint import Checkpoint
+from model.device import compiles_by_default
 from tests.model.hf.parity import assert_logits_match, hf_generate, sora_generate
 
 pytest.importorskip("transformers")
 
 TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the old house"]
+needs_compiler = pytest.mark.skipif(
+    not compiles_by_default(torch.device("cpu"), torch.float32),
+    reason="torch.compile on CPU needs a C++ compiler",
+)
 # family -> (imported checkpoint fixture, transformers model fixture)
 FAMILIES = {"marian": ("marian", "marian_hf"), "t5": ("t5", "t5_hf"), "flan": ("flan", "flan_hf"),
             "bart": ("bart", "bart_hf")}
@@ -58,3 +65,22 @@ def test_generation_matches_alone_and_batched(
     for one, want in zip(src, expected, strict=True):
         assert sora_generate(ckpt, [one], 12, beams) == [want]
         assert hf_generate(hf, [one], cfg.pad_id, cfg.eos_id, 12, beams) == [want]
+
+
+@pytest.mark.slow  # compiling costs one to two minutes per model on 2 cores
+@needs_compiler
+def test_compiled_generation_matches(pair: tuple[Checkpoint, torch.nn.Module]) -> None:
+    """Compiled decode steps and encoder (`Sora.compile_for_inference`) generate what
+    transformers generates, greedy and beam-4, in a batch of mixed lengths."""
+    ckpt, hf = pair
+    compiled = copy.copy(ckpt)
+    torch._dynamo.reset()
+    try:
+        compiled.model = copy.deepcopy(ckpt.model).compile_for_inference()
+        cfg = ckpt.model.config
+        src = sources(ckpt)
+        for beams in (1, 4):
+            assert sora_generate(compiled, src, 12, beams) == \
+                hf_generate(hf, src, cfg.pad_id, cfg.eos_id, 12, beams)
+    finally:
+        torch._dynamo.reset()
