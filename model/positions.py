@@ -26,14 +26,17 @@ def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
 
 def halves_table(n_positions: int, dim: int, fairseq: bool) -> Tensor:
     """sin in the first half of each row, cos in the second (even `dim`, which the config
-    checks), with Marian's frequencies 10000^(-2i/dim) or fairseq/M2M100's
-    10000^(-i/(dim/2 - 1)), in float64 as Marian computes them."""
+    checks), with Marian's frequencies 10000^(-2i/dim) (in float64, as Marian computes
+    them) or fairseq/M2M100's 10000^(-i/(dim/2 - 1)) (in float32, as M2M100 does)."""
     half = dim // 2
-    i = torch.arange(half, dtype=torch.float64)
-    freq = torch.exp(-math.log(10000.0) * (i / (half - 1) if fairseq else 2 * i / dim))
-    angle = torch.arange(n_positions, dtype=torch.float64)[:, None] * freq[None, :]
-    table = torch.cat([angle.sin(), angle.cos()], dim=1)
-    return table.float()
+    if fairseq:
+        freq = torch.exp(torch.arange(half).float() * -(math.log(10000) / (half - 1)))
+        angle = torch.arange(n_positions).float()[:, None] * freq[None, :]
+    else:
+        i = torch.arange(half, dtype=torch.float64)
+        freq = torch.exp(-math.log(10000.0) * 2 * i / dim)
+        angle = torch.arange(n_positions, dtype=torch.float64)[:, None] * freq[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=1).float()
 
 
 class FixedPositions(nn.Module):

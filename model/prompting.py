@@ -4,7 +4,9 @@ checkpoints and imported ones alike.
 
 Sora's own models read `<task> [<2xx>] text [<sep> context] </s>`. Imported models read
 what they were trained on: T5 a text prefix ("translate English to German: ..."),
-multilingual OPUS-MT a `>>fra<<` target token, single-direction Marian the bare text.
+multilingual OPUS-MT a `>>fra<<` target token, single-direction Marian the bare text,
+NLLB/M2M100 a source-language code and the target's code forced as the first output
+token (`forced_ids`).
 The checkpoint's manifest stores the spec under "prompting" (absent: Sora's own).
 """
 
@@ -36,13 +38,18 @@ class Prompting:
     """The spec stored in the manifest. style "sora": Sora's task and language tokens.
     style "text": `templates[task]` formatted with {text}, {context}, {source} and
     {target} (English language names) and encoded, with `target_tokens[target_lang]`
-    (translate) and the `prefix` tokens in front and the `suffix` tokens after."""
+    (translate) and the `prefix` tokens in front and the `suffix` tokens after. In
+    prefix and suffix, "{source}" stands for `source_tokens[source_lang]` (left out when
+    the request gives no source language). `forced_tokens[target_lang]` is the first
+    token the decoder must produce (NLLB's "deu_Latn")."""
 
     style: str = "sora"
     templates: dict[str, str] = field(default_factory=dict)
     target_tokens: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)
     suffix: list[str] = field(default_factory=list)
+    source_tokens: dict[str, str] = field(default_factory=dict)
+    forced_tokens: dict[str, str] = field(default_factory=dict)
     # [source, target] ISO pairs served; used to infer a missing source language.
     language_pairs: list[list[str]] = field(default_factory=list)
 
@@ -94,17 +101,35 @@ class Prompting:
             if target_lang is None:
                 raise PromptError("translate needs a target language")
             if self.target_tokens:
-                token = self.target_tokens.get(target_lang)
-                if token is None:
-                    raise PromptError(
-                        f"unsupported target language {target_lang!r}; expected one of "
-                        f"{', '.join(sorted(self.target_tokens))}"
-                    )
-                prefix.append(tokenizer.token_id(token))
+                prefix.append(tokenizer.token_id(self._code(self.target_tokens, target_lang,
+                                                            "target")))
+            self.forced_ids(tokenizer, target_lang)  # an unsupported target fails here
             if "{source}" in template or "{target}" in template:
                 source_lang = self._source_lang(source_lang, target_lang)
                 names = {"source": LANGUAGE_NAMES.get(source_lang, source_lang),
                          "target": LANGUAGE_NAMES.get(target_lang, target_lang)}
         body = template.format(text=text, context=context or "", **names)
-        prefix.extend(tokenizer.token_id(t) for t in self.prefix)
-        return [*prefix, *tokenizer.encode(body), *(tokenizer.token_id(t) for t in self.suffix)]
+        if source_lang is not None and self.source_tokens:
+            source = self._code(self.source_tokens, source_lang, "source")
+        else:
+            source = None
+        prefix.extend(self._ids(tokenizer, self.prefix, source))
+        return [*prefix, *tokenizer.encode(body), *self._ids(tokenizer, self.suffix, source)]
+
+    @staticmethod
+    def _code(codes: dict[str, str], lang: str, side: str) -> str:
+        if lang not in codes:
+            raise PromptError(f"unsupported {side} language {lang!r}; expected one of "
+                              f"{', '.join(sorted(codes))}")
+        return codes[lang]
+
+    @staticmethod
+    def _ids(tokenizer: SoraTokenizer, tokens: list[str], source: str | None) -> list[int]:
+        return [tokenizer.token_id(source if t == "{source}" else t) for t in tokens
+                if t != "{source}" or source is not None]
+
+    def forced_ids(self, tokenizer: SoraTokenizer, target_lang: str | None) -> list[int]:
+        """The tokens the decoder must produce first for `target_lang` (none or one)."""
+        if not self.forced_tokens or target_lang is None:
+            return []
+        return [tokenizer.token_id(self._code(self.forced_tokens, target_lang, "target"))]

@@ -173,6 +173,16 @@ class SoraTokenizer:
         except PromptError as e:
             raise TokenizerError(str(e)) from e
 
+    def forced_ids(self, task: str, target_lang: str | None) -> list[int]:
+        """The tokens a model must generate first for this request (NLLB/M2M100's target
+        language code), which generation forces; usually none."""
+        if task != "translate":
+            return []
+        try:
+            return self.prompting.forced_ids(self, target_lang)
+        except PromptError as e:
+            raise TokenizerError(str(e)) from e
+
     def sora_source_ids(
         self,
         task: str,

@@ -166,6 +166,15 @@ def bart_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
                             positions="learned", position_offset=2, final_logits_bias=True)
 
 
+def m2m100_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
+    """M2M100 and NLLB: pre-norm with final norms, fairseq's sinusoidal positions from
+    pad + 1 (= 2), no final logits bias."""
+    if cfg["pad_token_id"] != 1:
+        raise HFImportError(f"pad_token_id {cfg['pad_token_id']}: M2M100's positions start at "
+                            "pad + 1 and only pad 1 (every released model) is supported")
+    return bart_like_config(cfg, src, positions="sinusoidal-fairseq", position_offset=2)
+
+
 # -- T5, Flan-T5, mT5 ------------------------------------------------------------------
 
 def t5_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
@@ -266,6 +275,7 @@ class Family:
 FAMILIES = {
     "marian": Family("marian", marian_config, bart_like_weights),
     "bart": Family("bart", bart_config, bart_like_weights),
+    "m2m_100": Family("m2m100", m2m100_config, bart_like_weights),
     "t5": Family("t5", t5_config, t5_weights),
     "mt5": Family("t5", t5_config, t5_weights),
 }

@@ -42,6 +42,14 @@ T5_TEMPLATES = {
     "answer": "question: {text} context: {context}",
 }
 T5_PAIRS = [["en", "de"], ["en", "fr"], ["en", "ro"]]
+# ISO 639-1 -> NLLB-200's FLORES-200 codes (script included).
+NLLB = {
+    "en": "eng_Latn", "de": "deu_Latn", "fr": "fra_Latn", "es": "spa_Latn", "it": "ita_Latn",
+    "zh": "zho_Hans", "pt": "por_Latn", "nl": "nld_Latn", "ru": "rus_Cyrl", "ja": "jpn_Jpan",
+    "ar": "arb_Arab", "ro": "ron_Latn", "cs": "ces_Latn", "fi": "fin_Latn", "pl": "pol_Latn",
+    "tr": "tur_Latn", "sv": "swe_Latn", "da": "dan_Latn", "ko": "kor_Hang", "hi": "hin_Deva",
+    "uk": "ukr_Cyrl", "el": "ell_Grek", "hu": "hun_Latn", "bg": "bul_Cyrl",
+}
 MARIAN_NAME = re.compile(r"opus-mt-([a-z]{2,3})-([a-z]{2,3})$")
 PICKLE_HELP = (
     "{path} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
@@ -161,12 +169,32 @@ def _marian_prompting(src: Path, cfg: dict[str, Any], tok: Tokenizer,
     return prompting, pairs
 
 
+def _language_code_prompting(
+    tok: Tokenizer, eos: str, pairs: list[list[str]] | None
+) -> tuple[Prompting, list[list[str]]]:
+    """M2M100 (`__de__`) and NLLB (`deu_Latn`): `[source code] text </s>`, the target
+    code forced as the first output token. Languages: the ISO codes whose code the
+    vocabulary has; any pair of them unless the user gives pairs."""
+    vocab = tok.get_vocab()
+    codes = {iso: code for iso, code in NLLB.items() if code in vocab}
+    if not codes:
+        codes = {t[2:-2]: t for t in vocab if re.fullmatch(r"__[a-z]{2,3}__", t)}
+    if not codes:
+        raise HFImportError("the tokenizer has no language codes (__de__ or deu_Latn)")
+    if pairs is None:
+        pairs = [[s, t] for s in sorted(codes) for t in sorted(codes) if s != t]
+    return Prompting(style="text", templates={"translate": "{text}"}, prefix=["{source}"],
+                     suffix=[eos], source_tokens=codes, forced_tokens=codes), pairs
+
+
 def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
            pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
     """The family's own prompting and language pairs (pairs: the user's, if given)."""
     eos = tok.id_to_token(cfg["eos_token_id"])
     if family.architecture == "marian":
         return _marian_prompting(src, cfg, tok, pairs)
+    if family.architecture == "m2m100":
+        return _language_code_prompting(tok, eos, pairs)
     if family.architecture == "t5":
         return (Prompting(style="text", templates=dict(T5_TEMPLATES), suffix=[eos]),
                 pairs if pairs is not None else T5_PAIRS)
@@ -220,12 +248,17 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     _ban_tokens(model, cfg)
     # A summarizer's languages: the user's, else English (BART, T5 were trained on it).
     languages = over.languages or sorted({lang for pair in pairs for lang in pair}) or ["en"]
+    architecture = family.architecture
+    if architecture == "m2m100" and set(prompting.forced_tokens.values()) <= set(NLLB.values()):
+        architecture = "nllb"
+    # Pairs absent from the manifest: any two of its languages (M2M100, NLLB).
+    any_pair = architecture in ("m2m100", "nllb") and over.pairs is None
     info = {
         "name": over.name or str(cfg.get("_name_or_path") or src.resolve().name),
-        "architecture": family.architecture,
+        "architecture": architecture,
         "tasks": tasks,
         "languages": languages,
-        **({"language_pairs": pairs} if "translate" in tasks else {}),
+        **({"language_pairs": pairs} if "translate" in tasks and not any_pair else {}),
         "prompting": prompting.to_dict(),
         "provenance": {
             "imported_from": str(src.resolve()),

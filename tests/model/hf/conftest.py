@@ -192,17 +192,22 @@ def flan_hf(flan_dir: Path) -> torch.nn.Module:
     return transformers.T5ForConditionalGeneration.from_pretrained(flan_dir).eval()
 
 
+# BART's and M2M100's tiny shape, with fairseq's special ids (<s> 0, <pad> 1, </s> 2),
+# decoding from </s>.
+FAIRSEQ_SHAPE = {
+    "d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
+    "max_position_embeddings": 64, "dropout": 0.0, "bos_token_id": 0, "pad_token_id": 1,
+    "eos_token_id": 2, "decoder_start_token_id": 2,
+}
+
+
 def save_bart(path: Path) -> Path:
     path.mkdir()
     tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>"])
     tok.save(str(path / "tokenizer.json"))
-    config = transformers.BartConfig(
-        vocab_size=tok.get_vocab_size(), d_model=16, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, max_position_embeddings=64, dropout=0.0, bos_token_id=0,
-        pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
-        forced_eos_token_id=None,
-    )
+    config = transformers.BartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
+                                     forced_bos_token_id=None, forced_eos_token_id=None)
     torch.manual_seed(0)
     model = transformers.BartForConditionalGeneration(config)
     randomize(model, seed=3, std=BART_STD)
@@ -228,3 +233,38 @@ def bart(bart_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint
 @pytest.fixture(scope="session")
 def bart_hf(bart_dir: Path) -> torch.nn.Module:
     return transformers.BartForConditionalGeneration.from_pretrained(bart_dir).eval()
+
+
+NLLB_CODES = ["eng_Latn", "deu_Latn", "fra_Latn"]
+NLLB_STD, NLLB_EOS_SCALE = 0.4, 2.0  # a mix of ended and cut-off outputs
+
+
+def save_nllb(path: Path) -> Path:
+    """NLLB's shape (M2M100 architecture, FLORES-200 language codes)."""
+    path.mkdir()
+    tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>", *NLLB_CODES])
+    tok.save(str(path / "tokenizer.json"))
+    config = transformers.M2M100Config(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
+                                       scale_embedding=True)
+    torch.manual_seed(0)
+    model = transformers.M2M100ForConditionalGeneration(config)
+    randomize(model, seed=4, std=NLLB_STD)
+    with torch.no_grad():
+        model.model.shared.weight[config.eos_token_id] *= NLLB_EOS_SCALE
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def nllb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_nllb(tmp_path_factory.mktemp("hf") / "nllb-tiny")
+
+
+@pytest.fixture(scope="session")
+def nllb(nllb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    return load_checkpoint(import_hf(nllb_dir, tmp_path_factory.mktemp("imported") / "nllb"))
+
+
+@pytest.fixture(scope="session")
+def nllb_hf(nllb_dir: Path) -> torch.nn.Module:
+    return transformers.M2M100ForConditionalGeneration.from_pretrained(nllb_dir).eval()

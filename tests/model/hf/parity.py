@@ -36,12 +36,13 @@ def assert_logits_match(ckpt: Checkpoint, hf: torch.nn.Module, sources: list[lis
 
 
 def hf_generate(hf: torch.nn.Module, sources: list[list[int]], pad: int, eos: int,
-                max_new_tokens: int, beams: int) -> list[list[int]]:
+                max_new_tokens: int, beams: int, forced: int | None = None) -> list[list[int]]:
     src, mask = hf_batch(sources, pad)
     with torch.no_grad():
         out = hf.generate(input_ids=src, attention_mask=mask, max_new_tokens=max_new_tokens,
                           num_beams=beams, do_sample=False, early_stopping=True,
-                          length_penalty=1.0, num_return_sequences=1)
+                          length_penalty=1.0, num_return_sequences=1,
+                          forced_bos_token_id=forced)
     rows = []
     for row in out.tolist():
         row = row[1:]  # the decoder start token
@@ -52,7 +53,8 @@ def hf_generate(hf: torch.nn.Module, sources: list[list[int]], pad: int, eos: in
 
 
 def sora_generate(ckpt: Checkpoint, sources: list[list[int]], max_new_tokens: int,
-                  beams: int) -> list[list[int]]:
+                  beams: int, forced: int | None = None) -> list[list[int]]:
     params = DecodingParams(strategy="beam" if beams > 1 else "greedy", beam_size=max(beams, 2),
                             max_new_tokens=max_new_tokens, early_stopping=True)
-    return [r.token_ids for r in generate(ckpt.model, ckpt.tokenizer, sources, params)]
+    first = [[] if forced is None else [forced]] * len(sources)
+    return [r.token_ids for r in generate(ckpt.model, ckpt.tokenizer, sources, params, first)]

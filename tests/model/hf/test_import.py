@@ -100,7 +100,8 @@ def test_unsupported_architecture(marian_dir: Path, tmp_path: Path) -> None:
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HFImportError) as info:
         import_hf(src, tmp_path / "out")
-    assert str(info.value) == "unsupported architecture 'gpt2'; supported: bart, marian, mt5, t5"
+    assert str(info.value) == ("unsupported architecture 'gpt2'; supported: bart, m2m_100, "
+                               "marian, mt5, t5")
 
 
 def test_missing_tokenizer(marian_dir: Path, tmp_path: Path,

@@ -22,7 +22,7 @@ needs_compiler = pytest.mark.skipif(
 )
 # family -> (imported checkpoint fixture, transformers model fixture)
 FAMILIES = {"marian": ("marian", "marian_hf"), "t5": ("t5", "t5_hf"), "flan": ("flan", "flan_hf"),
-            "bart": ("bart", "bart_hf")}
+            "bart": ("bart", "bart_hf"), "nllb": ("nllb", "nllb_hf")}
 
 
 def sources(ckpt: Checkpoint) -> list[list[int]]:
@@ -36,6 +36,12 @@ def sources(ckpt: Checkpoint) -> list[list[int]]:
     if "answer" in ckpt.manifest["tasks"]:
         out.append(tok.source_ids("answer", "who sat", context="the cat sat on the mat"))
     return out
+
+
+def forced(ckpt: Checkpoint) -> int | None:
+    """The token generation must start with for German (NLLB's deu_Latn), if any."""
+    ids = ckpt.tokenizer.forced_ids("translate", "de")
+    return ids[0] if ids else None
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -59,12 +65,13 @@ def test_generation_matches_alone_and_batched(
     ckpt, hf = pair
     cfg = ckpt.model.config
     src = sources(ckpt)
-    expected = hf_generate(hf, src, cfg.pad_id, cfg.eos_id, 12, beams)
-    assert sora_generate(ckpt, src, 12, beams) == expected
+    first = forced(ckpt)
+    expected = hf_generate(hf, src, cfg.pad_id, cfg.eos_id, 12, beams, first)
+    assert sora_generate(ckpt, src, 12, beams, first) == expected
     assert len({len(e) for e in expected}) > 1  # some end (eos), some reach the limit
     for one, want in zip(src, expected, strict=True):
-        assert sora_generate(ckpt, [one], 12, beams) == [want]
-        assert hf_generate(hf, [one], cfg.pad_id, cfg.eos_id, 12, beams) == [want]
+        assert sora_generate(ckpt, [one], 12, beams, first) == [want]
+        assert hf_generate(hf, [one], cfg.pad_id, cfg.eos_id, 12, beams, first) == [want]
 
 
 @pytest.mark.slow  # compiling costs one to two minutes per model on 2 cores
@@ -80,7 +87,7 @@ def test_compiled_generation_matches(pair: tuple[Checkpoint, torch.nn.Module]) -
         cfg = ckpt.model.config
         src = sources(ckpt)
         for beams in (1, 4):
-            assert sora_generate(compiled, src, 12, beams) == \
-                hf_generate(hf, src, cfg.pad_id, cfg.eos_id, 12, beams)
+            assert sora_generate(compiled, src, 12, beams, forced(ckpt)) == \
+                hf_generate(hf, src, cfg.pad_id, cfg.eos_id, 12, beams, forced(ckpt))
     finally:
         torch._dynamo.reset()
