@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
                                       args.source_lang)
             for t in texts
         ]
+        # NLLB/M2M100: the target language's code is the first output token.
+        forced = [ckpt.tokenizer.forced_ids(args.task, args.target_lang)] * len(texts)
         model = prepare_for_inference(ckpt.model, quantize=args.quantize, compile=args.compile)
     except (ValueError, CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for r in generate(model, ckpt.tokenizer, sources, params):
+    for r in generate(model, ckpt.tokenizer, sources, params, forced):
         if args.verbose:
             print(f"{r.text}\t[{r.finish_reason}, logprob {r.logprob:.3f}]")
         else:

@@ -166,6 +166,12 @@ def bart_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
                             positions="learned", position_offset=2, final_logits_bias=True)
 
 
+def mbart_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
+    """mBART: pre-norm with final norms and BART's embedding norm, learned positions."""
+    return bart_like_config(cfg, src, embedding_norm=True, positions="learned",
+                            position_offset=2, final_logits_bias=True)
+
+
 def m2m100_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
     """M2M100 and NLLB: pre-norm with final norms, fairseq's sinusoidal positions from
     pad + 1 (= 2), no final logits bias."""
@@ -275,6 +281,7 @@ class Family:
 FAMILIES = {
     "marian": Family("marian", marian_config, bart_like_weights),
     "bart": Family("bart", bart_config, bart_like_weights),
+    "mbart": Family("mbart", mbart_config, bart_like_weights),
     "m2m_100": Family("m2m100", m2m100_config, bart_like_weights),
     "t5": Family("t5", t5_config, t5_weights),
     "mt5": Family("t5", t5_config, t5_weights),

@@ -50,6 +50,13 @@ NLLB = {
     "tr": "tur_Latn", "sv": "swe_Latn", "da": "dan_Latn", "ko": "kor_Hang", "hi": "hin_Deva",
     "uk": "ukr_Cyrl", "el": "ell_Grek", "hu": "hun_Latn", "bg": "bul_Cyrl",
 }
+# ISO 639-1 -> mBART-50's codes.
+MBART = {
+    "en": "en_XX", "de": "de_DE", "fr": "fr_XX", "es": "es_XX", "it": "it_IT", "zh": "zh_CN",
+    "pt": "pt_XX", "nl": "nl_XX", "ru": "ru_RU", "ja": "ja_XX", "ar": "ar_AR", "ro": "ro_RO",
+    "cs": "cs_CZ", "fi": "fi_FI", "pl": "pl_PL", "tr": "tr_TR", "sv": "sv_SE", "ko": "ko_KR",
+    "hi": "hi_IN", "uk": "uk_UA",
+}
 MARIAN_NAME = re.compile(r"opus-mt-([a-z]{2,3})-([a-z]{2,3})$")
 PICKLE_HELP = (
     "{path} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
@@ -172,15 +179,16 @@ def _marian_prompting(src: Path, cfg: dict[str, Any], tok: Tokenizer,
 def _language_code_prompting(
     tok: Tokenizer, eos: str, pairs: list[list[str]] | None
 ) -> tuple[Prompting, list[list[str]]]:
-    """M2M100 (`__de__`) and NLLB (`deu_Latn`): `[source code] text </s>`, the target
-    code forced as the first output token. Languages: the ISO codes whose code the
-    vocabulary has; any pair of them unless the user gives pairs."""
+    """M2M100 (`__de__`), NLLB (`deu_Latn`) and mBART-50 (`de_DE`): `[source code] text
+    </s>`, the target code forced as the first output token. Languages: the ISO codes
+    whose code the vocabulary has; any pair of them unless the user gives pairs."""
     vocab = tok.get_vocab()
-    codes = {iso: code for iso, code in NLLB.items() if code in vocab}
+    codes = {iso: code for iso, code in NLLB.items() if code in vocab} or \
+        {iso: code for iso, code in MBART.items() if code in vocab}
     if not codes:
         codes = {t[2:-2]: t for t in vocab if re.fullmatch(r"__[a-z]{2,3}__", t)}
     if not codes:
-        raise HFImportError("the tokenizer has no language codes (__de__ or deu_Latn)")
+        raise HFImportError("the tokenizer has no language codes (__de__, deu_Latn or de_DE)")
     if pairs is None:
         pairs = [[s, t] for s in sorted(codes) for t in sorted(codes) if s != t]
     return Prompting(style="text", templates={"translate": "{text}"}, prefix=["{source}"],
@@ -193,7 +201,7 @@ def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
     eos = tok.id_to_token(cfg["eos_token_id"])
     if family.architecture == "marian":
         return _marian_prompting(src, cfg, tok, pairs)
-    if family.architecture == "m2m100":
+    if family.architecture in ("m2m100", "mbart"):
         return _language_code_prompting(tok, eos, pairs)
     if family.architecture == "t5":
         return (Prompting(style="text", templates=dict(T5_TEMPLATES), suffix=[eos]),
@@ -252,7 +260,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     if architecture == "m2m100" and set(prompting.forced_tokens.values()) <= set(NLLB.values()):
         architecture = "nllb"
     # Pairs absent from the manifest: any two of its languages (M2M100, NLLB).
-    any_pair = architecture in ("m2m100", "nllb") and over.pairs is None
+    any_pair = architecture in ("m2m100", "nllb", "mbart") and over.pairs is None
     info = {
         "name": over.name or str(cfg.get("_name_or_path") or src.resolve().name),
         "architecture": architecture,

@@ -1,11 +1,15 @@
 """Tiny random-weight Hugging Face models saved with save_pretrained, one per family,
 and their imports: built once per session, no download. transformers and
-sentencepiece are test-only dependencies (the dev extra)."""
+sentencepiece are test-only dependencies (the dev extra).
+
+For each NAME of `MODELS`: fixtures NAME_dir (the save_pretrained directory), NAME
+(its import, a loaded Checkpoint) and NAME_hf (the transformers model)."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from model.checkpoint import Checkpoint, load_checkpoint
-from model.hf.importer import Overrides, import_hf
+from model.hf.importer import import_hf
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
@@ -56,6 +60,22 @@ def randomize(model: torch.nn.Module, seed: int, std: float) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def save_random(path: Path, model_class: type, config: object, seed: int, std: float,
+                eos_bias: float = 0.0, eos_scale: float = 1.0) -> Path:
+    """A randomized model saved with save_pretrained; </s> made likelier (a logits bias,
+    or a larger embedding row) so that outputs end at different lengths."""
+    torch.manual_seed(0)
+    model = model_class(config)
+    randomize(model, seed, std)
+    eos = config.eos_token_id  # type: ignore[attr-defined]
+    with torch.no_grad():
+        if eos_bias:
+            model.final_logits_bias[0, eos] = eos_bias
+        model.get_input_embeddings().weight[eos] *= eos_scale
+    model.save_pretrained(path)
+    return path
+
+
 def save_marian(path: Path, multilingual: bool) -> Path:
     path.mkdir()
     train_spm(ENGLISH, path / "source.spm", 60)
@@ -79,42 +99,8 @@ def save_marian(path: Path, multilingual: bool) -> Path:
         pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad,
         forced_eos_token_id=None, bad_words_ids=[[pad]], dropout=0.0,
     )
-    torch.manual_seed(0)
-    model = transformers.MarianMTModel(config)
-    randomize(model, seed=1, std=STD)
-    with torch.no_grad():  # outputs end at different lengths
-        model.final_logits_bias[0, config.eos_token_id] = EOS_BIAS
-    model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def marian_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_marian(tmp_path_factory.mktemp("hf") / "opus-mt-en-de", multilingual=False)
-
-
-@pytest.fixture(scope="session")
-def marian_multi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_marian(tmp_path_factory.mktemp("hf") / "opus-mt-en-mul", multilingual=True)
-
-
-@pytest.fixture(scope="session")
-def marian(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    out = tmp_path_factory.mktemp("imported") / "marian"
-    import_hf(marian_dir, out)
-    return load_checkpoint(out)
-
-
-@pytest.fixture(scope="session")
-def marian_hf(marian_dir: Path) -> torch.nn.Module:
-    return transformers.MarianMTModel.from_pretrained(marian_dir).eval()
-
-
-@pytest.fixture(scope="session")
-def marian_multi(marian_multi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    out = tmp_path_factory.mktemp("imported") / "marian-multi"
-    import_hf(marian_multi_dir, out, overrides=Overrides(pairs=[["en", "de"], ["en", "fr"]]))
-    return load_checkpoint(out)
+    return save_random(path, transformers.MarianMTModel, config, seed=1, std=STD,
+                       eos_bias=EOS_BIAS)
 
 
 def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
@@ -148,48 +134,11 @@ def save_t5(path: Path, gated: bool) -> Path:
         tie_word_embeddings=not gated, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
     )
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(config)
-    randomize(model, seed=2, std=T5_STD)
-    with torch.no_grad():  # </s> likelier, so that outputs end at different lengths
-        model.shared.weight[config.eos_token_id] *= T5_EOS_SCALE
-    model.save_pretrained(path)
-    return path
+    return save_random(path, transformers.T5ForConditionalGeneration, config, seed=2, std=T5_STD,
+                       eos_scale=T5_EOS_SCALE)
 
 
 T5_STD, T5_EOS_SCALE = 0.4, 2.0  # a mix of ended and cut-off outputs
-
-
-@pytest.fixture(scope="session")
-def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """T5 v1.0's shape: relu, tied embeddings (output scaled by d_model**-0.5)."""
-    return save_t5(tmp_path_factory.mktemp("hf") / "t5-tiny", gated=False)
-
-
-@pytest.fixture(scope="session")
-def flan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Flan-T5 / T5 v1.1's: gated-gelu, separate lm_head, heads * d_kv != d_model."""
-    return save_t5(tmp_path_factory.mktemp("hf") / "flan-t5-tiny", gated=True)
-
-
-@pytest.fixture(scope="session")
-def t5(t5_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    return load_checkpoint(import_hf(t5_dir, tmp_path_factory.mktemp("imported") / "t5"))
-
-
-@pytest.fixture(scope="session")
-def flan(flan_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    return load_checkpoint(import_hf(flan_dir, tmp_path_factory.mktemp("imported") / "flan"))
-
-
-@pytest.fixture(scope="session")
-def t5_hf(t5_dir: Path) -> torch.nn.Module:
-    return transformers.T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
-
-
-@pytest.fixture(scope="session")
-def flan_hf(flan_dir: Path) -> torch.nn.Module:
-    return transformers.T5ForConditionalGeneration.from_pretrained(flan_dir).eval()
 
 
 # BART's and M2M100's tiny shape, with fairseq's special ids (<s> 0, <pad> 1, </s> 2),
@@ -208,31 +157,11 @@ def save_bart(path: Path) -> Path:
     tok.save(str(path / "tokenizer.json"))
     config = transformers.BartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                      forced_bos_token_id=None, forced_eos_token_id=None)
-    torch.manual_seed(0)
-    model = transformers.BartForConditionalGeneration(config)
-    randomize(model, seed=3, std=BART_STD)
-    with torch.no_grad():
-        model.final_logits_bias[0, config.eos_token_id] = BART_EOS_BIAS
-    model.save_pretrained(path)
-    return path
+    return save_random(path, transformers.BartForConditionalGeneration, config, seed=3, std=BART_STD,
+                       eos_bias=BART_EOS_BIAS)
 
 
 BART_STD, BART_EOS_BIAS = 0.3, 2.0  # a mix of ended and cut-off outputs
-
-
-@pytest.fixture(scope="session")
-def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_bart(tmp_path_factory.mktemp("hf") / "bart-tiny")
-
-
-@pytest.fixture(scope="session")
-def bart(bart_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    return load_checkpoint(import_hf(bart_dir, tmp_path_factory.mktemp("imported") / "bart"))
-
-
-@pytest.fixture(scope="session")
-def bart_hf(bart_dir: Path) -> torch.nn.Module:
-    return transformers.BartForConditionalGeneration.from_pretrained(bart_dir).eval()
 
 
 NLLB_CODES = ["eng_Latn", "deu_Latn", "fra_Latn"]
@@ -246,25 +175,54 @@ def save_nllb(path: Path) -> Path:
     tok.save(str(path / "tokenizer.json"))
     config = transformers.M2M100Config(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                        scale_embedding=True)
-    torch.manual_seed(0)
-    model = transformers.M2M100ForConditionalGeneration(config)
-    randomize(model, seed=4, std=NLLB_STD)
-    with torch.no_grad():
-        model.model.shared.weight[config.eos_token_id] *= NLLB_EOS_SCALE
-    model.save_pretrained(path)
-    return path
+    return save_random(path, transformers.M2M100ForConditionalGeneration, config, seed=4, std=NLLB_STD,
+                       eos_scale=NLLB_EOS_SCALE)
 
 
-@pytest.fixture(scope="session")
-def nllb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_nllb(tmp_path_factory.mktemp("hf") / "nllb-tiny")
+MBART_STD, MBART_EOS_BIAS = 0.3, 2.5  # a mix of ended and cut-off outputs
 
 
-@pytest.fixture(scope="session")
-def nllb(nllb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    return load_checkpoint(import_hf(nllb_dir, tmp_path_factory.mktemp("imported") / "nllb"))
+def save_mbart(path: Path) -> Path:
+    """mBART-50's shape (many-to-many: source code first, target code forced)."""
+    path.mkdir()
+    tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "en_XX", "de_DE",
+                                        "fr_XX"])
+    tok.save(str(path / "tokenizer.json"))
+    config = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
+                                      scale_embedding=True, forced_eos_token_id=None)
+    return save_random(path, transformers.MBartForConditionalGeneration, config, seed=5, std=MBART_STD,
+                       eos_bias=MBART_EOS_BIAS)
 
 
-@pytest.fixture(scope="session")
-def nllb_hf(nllb_dir: Path) -> torch.nn.Module:
-    return transformers.M2M100ForConditionalGeneration.from_pretrained(nllb_dir).eval()
+# name -> (directory name, save function, transformers model class)
+MODELS: dict[str, tuple[str, Callable[[Path], Path], str]] = {
+    "marian": ("opus-mt-en-de", lambda p: save_marian(p, multilingual=False), "MarianMTModel"),
+    "marian_multi": ("opus-mt-en-mul", lambda p: save_marian(p, multilingual=True),
+                     "MarianMTModel"),
+    "t5": ("t5-tiny", lambda p: save_t5(p, gated=False), "T5ForConditionalGeneration"),
+    "flan": ("flan-t5-tiny", lambda p: save_t5(p, gated=True), "T5ForConditionalGeneration"),
+    "bart": ("bart-tiny", save_bart, "BartForConditionalGeneration"),
+    "nllb": ("nllb-tiny", save_nllb, "M2M100ForConditionalGeneration"),
+    "mbart": ("mbart-tiny", save_mbart, "MBartForConditionalGeneration"),
+}
+
+
+def _register(name: str, dirname: str, save: Callable[[Path], Path], model_class: str) -> None:
+    def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return save(tmp_path_factory.mktemp("hf") / dirname)
+
+    def imported(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+        src = request.getfixturevalue(f"{name}_dir")
+        return load_checkpoint(import_hf(src, tmp_path_factory.mktemp("imported") / name))
+
+    def reference(request: pytest.FixtureRequest) -> torch.nn.Module:
+        src = request.getfixturevalue(f"{name}_dir")
+        return getattr(transformers, model_class).from_pretrained(src).eval()
+
+    for fixture, func in ((f"{name}_dir", directory), (name, imported), (f"{name}_hf", reference)):
+        globals()[fixture] = pytest.fixture(scope="session", name=fixture)(func)
+
+
+for _name, _spec in MODELS.items():
+    _register(_name, *_spec)

@@ -101,7 +101,7 @@ def test_unsupported_architecture(marian_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(HFImportError) as info:
         import_hf(src, tmp_path / "out")
     assert str(info.value) == ("unsupported architecture 'gpt2'; supported: bart, m2m_100, "
-                               "marian, mt5, t5")
+                               "marian, mbart, mt5, t5")
 
 
 def test_missing_tokenizer(marian_dir: Path, tmp_path: Path,

@@ -22,7 +22,8 @@ needs_compiler = pytest.mark.skipif(
 )
 # family -> (imported checkpoint fixture, transformers model fixture)
 FAMILIES = {"marian": ("marian", "marian_hf"), "t5": ("t5", "t5_hf"), "flan": ("flan", "flan_hf"),
-            "bart": ("bart", "bart_hf"), "nllb": ("nllb", "nllb_hf")}
+            "bart": ("bart", "bart_hf"), "nllb": ("nllb", "nllb_hf"),
+            "mbart": ("mbart", "mbart_hf")}
 
 
 def sources(ckpt: Checkpoint) -> list[list[int]]:
