@@ -99,8 +99,8 @@ def save_marian(path: Path, multilingual: bool) -> Path:
         pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad,
         forced_eos_token_id=None, bad_words_ids=[[pad]], dropout=0.0,
     )
-    return save_random(path, transformers.MarianMTModel, config, seed=1, std=STD,
-                       eos_bias=EOS_BIAS)
+    return save_random(path, transformers.MarianMTModel, config,
+                       seed=1, std=STD, eos_bias=EOS_BIAS)
 
 
 def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
@@ -134,8 +134,8 @@ def save_t5(path: Path, gated: bool) -> Path:
         tie_word_embeddings=not gated, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return save_random(path, transformers.T5ForConditionalGeneration, config, seed=2, std=T5_STD,
-                       eos_scale=T5_EOS_SCALE)
+    return save_random(path, transformers.T5ForConditionalGeneration, config,
+                       seed=2, std=T5_STD, eos_scale=T5_EOS_SCALE)
 
 
 T5_STD, T5_EOS_SCALE = 0.4, 2.0  # a mix of ended and cut-off outputs
@@ -157,8 +157,8 @@ def save_bart(path: Path) -> Path:
     tok.save(str(path / "tokenizer.json"))
     config = transformers.BartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                      forced_bos_token_id=None, forced_eos_token_id=None)
-    return save_random(path, transformers.BartForConditionalGeneration, config, seed=3, std=BART_STD,
-                       eos_bias=BART_EOS_BIAS)
+    return save_random(path, transformers.BartForConditionalGeneration, config,
+                       seed=3, std=BART_STD, eos_bias=BART_EOS_BIAS)
 
 
 BART_STD, BART_EOS_BIAS = 0.3, 2.0  # a mix of ended and cut-off outputs
@@ -175,8 +175,8 @@ def save_nllb(path: Path) -> Path:
     tok.save(str(path / "tokenizer.json"))
     config = transformers.M2M100Config(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                        scale_embedding=True)
-    return save_random(path, transformers.M2M100ForConditionalGeneration, config, seed=4, std=NLLB_STD,
-                       eos_scale=NLLB_EOS_SCALE)
+    return save_random(path, transformers.M2M100ForConditionalGeneration, config,
+                       seed=4, std=NLLB_STD, eos_scale=NLLB_EOS_SCALE)
 
 
 MBART_STD, MBART_EOS_BIAS = 0.3, 2.5  # a mix of ended and cut-off outputs
@@ -190,8 +190,8 @@ def save_mbart(path: Path) -> Path:
     tok.save(str(path / "tokenizer.json"))
     config = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                       scale_embedding=True, forced_eos_token_id=None)
-    return save_random(path, transformers.MBartForConditionalGeneration, config, seed=5, std=MBART_STD,
-                       eos_bias=MBART_EOS_BIAS)
+    return save_random(path, transformers.MBartForConditionalGeneration, config,
+                       seed=5, std=MBART_STD, eos_bias=MBART_EOS_BIAS)
 
 
 # name -> (directory name, save function, transformers model class)
