@@ -31,8 +31,8 @@ async def test_engine_output_equals_generate(family: str, request: pytest.Fixtur
     inputs = [TaskInput(task=task, text=t, target_lang="de" if task == "translate" else None,
                         source_lang="en") for t in TEXTS]
     cfg = ckpt.model.config
-    engine = Engine(ckpt, EngineConfig(warmup=False, device="cpu", compile="off", max_batch_sequences=6),
-                    name=family)
+    config = EngineConfig(warmup=False, device="cpu", compile="off", max_batch_sequences=6)
+    engine = Engine(ckpt, config, name=family)
     await engine.start()
     try:
         for beams in (1, 4):
