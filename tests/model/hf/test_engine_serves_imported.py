@@ -13,6 +13,7 @@ import torch
 from model.checkpoint import Checkpoint
 from model.sampling import DecodingParams
 from service.engine.config import EngineConfig
+from service.engine.core_client import CoreClient
 from service.engine.engine import Engine
 from service.engine.request import TaskInput
 from tests.model.hf.parity import hf_generate
@@ -46,3 +47,24 @@ async def test_engine_output_equals_generate(family: str, request: pytest.Fixtur
                 assert completion.text == ckpt.tokenizer.decode(want), (beams, inp.text)
     finally:
         await engine.drain(timeout=10.0)
+
+
+async def test_engine_core_process_serves_an_imported_marian(
+    marian: Checkpoint, marian_hf: torch.nn.Module
+) -> None:
+    """The engine-core process's client tokenizes with the manifest's prompting and
+    decodes with the target side's tokenizer, as the in-process engine does."""
+    assert marian.path is not None
+    config = EngineConfig(warmup=False, device="cpu", compile="off")
+    client = CoreClient(marian.path, config, name="marian", version="1")
+    await client.start()
+    try:
+        inputs = [TaskInput(task="translate", text=t, target_lang="de") for t in TEXTS[:3]]
+        params = DecodingParams(max_new_tokens=12)
+        done = await asyncio.gather(*(client.generate(i, params) for i in inputs))
+    finally:
+        await client.drain(timeout=10.0)
+    cfg, tok = marian.model.config, marian.tokenizer
+    src = [tok.source_ids("translate", i.text, "de") for i in inputs]
+    want = hf_generate(marian_hf, src, cfg.pad_id, cfg.eos_id, 12, 1)
+    assert [c.text for c in done] == [tok.decode(w) for w in want]
