@@ -125,8 +125,13 @@ class Prompting:
 
     @staticmethod
     def _ids(tokenizer: SoraTokenizer, tokens: list[str], source: str | None) -> list[int]:
-        return [tokenizer.token_id(source if t == "{source}" else t) for t in tokens
-                if t != "{source}" or source is not None]
+        ids = []
+        for t in tokens:
+            if t != "{source}":
+                ids.append(tokenizer.token_id(t))
+            elif source is not None:
+                ids.append(tokenizer.token_id(source))
+        return ids
 
     def forced_ids(self, tokenizer: SoraTokenizer, target_lang: str | None) -> list[int]:
         """The tokens the decoder must produce first for `target_lang` (none or one)."""

@@ -53,10 +53,10 @@ class SoraTokenizer:
                 if added.special:
                     self.special_ids[added.content] = tid
         for tok in SPECIAL_TOKENS if self.prompting.style == "sora" else ():
-            tid = self.tokenizer.token_to_id(tok)
-            if tid is None:
+            found = self.tokenizer.token_to_id(tok)
+            if found is None:
                 raise TokenizerError(f"tokenizer lacks special token {tok!r}")
-            self.special_ids[tok] = tid
+            self.special_ids[tok] = found
         self.special_id_set = frozenset(self.special_ids.values())
 
     # -- construction ------------------------------------------------------------------

@@ -195,10 +195,17 @@ def _language_code_prompting(
                      suffix=[eos], source_tokens=codes, forced_tokens=codes), pairs
 
 
+def _token(tok: Tokenizer, cfg: dict[str, Any], key: str) -> str:
+    token = tok.id_to_token(cfg[key]) if isinstance(cfg.get(key), int) else None
+    if token is None:
+        raise HFImportError(f"config.json {key} {cfg.get(key)!r} is not a token of the tokenizer")
+    return str(token)
+
+
 def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
            pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
     """The family's own prompting and language pairs (pairs: the user's, if given)."""
-    eos = tok.id_to_token(cfg["eos_token_id"])
+    eos = _token(tok, cfg, "eos_token_id")
     if family.architecture == "marian":
         return _marian_prompting(src, cfg, tok, pairs)
     if family.architecture in ("m2m100", "mbart"):
@@ -207,7 +214,7 @@ def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
         return (Prompting(style="text", templates=dict(T5_TEMPLATES), suffix=[eos]),
                 pairs if pairs is not None else T5_PAIRS)
     # BART: a summarizer (or whatever the user's templates say), <s> text </s>.
-    bos = tok.id_to_token(cfg["bos_token_id"])
+    bos = _token(tok, cfg, "bos_token_id")
     return Prompting(style="text", templates={"summarize": "{text}"}, prefix=[bos],
                      suffix=[eos]), pairs or []
 

@@ -7,8 +7,10 @@ code, whose protobuf runtime would have to match the one serving pins.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import Unigram
@@ -31,7 +33,7 @@ class SpmModel:
     byte_fallback: bool = False
 
 
-def _fields(data: bytes):  # type: ignore[no-untyped-def]
+def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of each field of one protobuf message."""
     i = 0
 
