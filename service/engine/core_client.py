@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import load_tokenizer
 from model.sampling import DecodingParams
-from model.tokenizer import SoraTokenizer
 from service.engine import wire
 from service.engine.admission import Admission
 from service.engine.config import EngineConfig
@@ -138,8 +138,10 @@ class CoreClient:
         self._info = reply[1]
         self.max_source_tokens = self._info["max_source_tokens"]
         self.max_new_tokens = self._info["max_new_tokens"]
-        # The core has verified the checkpoint's hashes, tokenizer.json included.
-        tokenizer = SoraTokenizer.from_file(self.path / "tokenizer.json")
+        # The core has verified the checkpoint's hashes, tokenizer.json included; the
+        # manifest says how tasks become input (an imported model's prompting).
+        manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+        tokenizer = load_tokenizer(self.path, manifest)
         self._admission = Admission(tokenizer, self.config,
                                     max_source_tokens=self.max_source_tokens,
                                     max_new_tokens=self.max_new_tokens)
