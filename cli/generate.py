@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--task", choices=["translate", "summarize", "answer"], default="translate")
     p.add_argument("--target-lang", default=None, help="translate: target language code")
+    p.add_argument("--source-lang", default=None,
+                   help="translate: source language code, for models that need it (T5)")
     p.add_argument("--context", default=None, help="answer: the passage to answer from")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -45,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         device, dtype = resolve_device(args.device, args.dtype)
         ckpt = load_checkpoint(args.checkpoint, device, dtype)
         sources = [
-            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context) for t in texts
+            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context,
+                                      args.source_lang)
+            for t in texts
         ]
         model = prepare_for_inference(ckpt.model, quantize=args.quantize, compile=args.compile)
     except (ValueError, CheckpointError, TokenizerError) as e:

@@ -76,11 +76,16 @@ class BeamSearch:
         parents: list[int] = []
         tokens: list[int] = []
         new_scores: list[float] = []
-        for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist(),
+                                                strict=True)):
             if score == float("-inf"):
                 break
             parent, token = divmod(idx, vocab)
             seq = [*self.beams[parent], token]
+            if rank >= k and (token == self.eos_id or step >= self.params.max_new_tokens):
+                # Only the k best candidates may finish (as in fairseq and transformers);
+                # the rest are there to keep k beams alive.
+                continue
             if token == self.eos_id and not self.params.ignore_eos:
                 self.finished.append(
                     Hypothesis(seq, score, self._final_score(score, len(seq)), "eos")
@@ -127,18 +132,43 @@ class BeamSearch:
         return max(candidates, key=lambda h: h.score)
 
 
+def force_first(logits: Tensor, forced: Tensor) -> Tensor:
+    """The first step's logits (rows, vocab) with each row's forced token (forced: (rows,),
+    -1 for none) the only choice, at log-probability 0: what transformers'
+    forced_bos_token_id does (NLLB/M2M100's target language code)."""
+    rows = (forced >= 0).nonzero().flatten()
+    if not rows.numel():
+        return logits
+    logits = logits.clone()
+    logits[rows] = float("-inf")
+    logits[rows, forced[rows]] = 0.0
+    return logits
+
+
+def _forced(forced: list[list[int]] | None, device: torch.device) -> Tensor | None:
+    """(rows,) each row's forced first token or -1; None when no row has one."""
+    if not forced or not any(forced):
+        return None
+    if any(len(f) > 1 for f in forced):
+        raise ValueError("at most one forced first token per source")
+    return torch.tensor([f[0] if f else -1 for f in forced], device=device)
+
+
 @torch.inference_mode()
 def generate(
     model: Sora,
     tokenizer: SoraTokenizer,
     sources: list[list[int]],
     params: DecodingParams,
+    forced: list[list[int]] | None = None,
 ) -> list[GenerationResult]:
-    """Decode every source (already tokenized, with task prefix and eos)."""
+    """Decode every source (already tokenized, with task prefix and eos). `forced[i]`:
+    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any."""
     if not sources:
         return []
     if params.strategy == "beam":
-        return [_beam(model, tokenizer, src, params) for src in sources]
+        return [_beam(model, tokenizer, src, params, forced[i] if forced else [])
+                for i, src in enumerate(sources)]
     device = model.embed.weight.device
     cfg = model.config
     n = len(sources)
@@ -153,12 +183,15 @@ def generate(
     reason = ["length"] * n
     out_tokens = torch.full_like(generated, cfg.pad_id)
     out_logprob = torch.zeros(n, device=device)
+    first = _forced(forced, device)
     # Every row started together, so all have generated `step` tokens: writes go to one
     # column and the length limit is a host-side check, with no per-row bookkeeping.
     step = 0
     while rows.numel():
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        if step == 0 and first is not None:
+            logits = force_first(logits, first)
         tokens, lp = choose(logits, sampling)
         generated[:, step] = tokens
         if lp is not None:
@@ -198,7 +231,8 @@ def generate(
 
 
 def _beam(
-    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams
+    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
+    forced: list[int],
 ) -> GenerationResult:
     device = model.embed.weight.device
     cfg = model.config
@@ -212,9 +246,12 @@ def _beam(
     tokens = torch.full((k,), cfg.bos_id, dtype=torch.long, device=device)
     generated = torch.full((k, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     n_gen = torch.zeros(k, dtype=torch.long, device=device)
+    first = _forced([forced] * k, device)
     while not search.done:
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        if first is not None and not search.beams[0]:
+            logits = force_first(logits, first)
         parents, next_tokens = search.step(logits.log_softmax(dim=-1))
         if search.done:
             break

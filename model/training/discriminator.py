@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from model.checkpoint import verify_checkpoint
 from model.config import SoraConfig
-from model.layers import EncoderLayer, sinusoidal_table
+from model.layers import EncoderLayer
+from model.positions import sinusoidal_table
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 
