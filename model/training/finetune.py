@@ -90,14 +90,16 @@ def _encode_prompted(
 ) -> Examples:
     """An imported model's examples: each source built by its prompting, exactly as
     serving builds it (a text prefix, a target-language token, ...), each target by its
-    target-side tokenizer."""
+    target-side tokenizer after the tokens generation forces first (NLLB's target
+    language code), so the model learns to continue from them."""
     sources, tgts = [], []
     for r in records:
         text, target, tgt_lang, src_lang, context = _record_fields(r)
         ids = tokenizer.source_ids(r.task, text, target_lang=tgt_lang, context=context,
                                    source_lang=src_lang)
         sources.append(truncate_source(ids, max_src))
-        tgts.append(tokenizer.encode_target(target)[: max_tgt - 1])
+        forced = tokenizer.forced_ids(r.task, tgt_lang)
+        tgts.append([*forced, *tokenizer.encode_target(target)][: max_tgt - 1])
     task = np.asarray([TASKS.index(r.task) for r in records], dtype=np.int8)
     return Examples(TokenTable.from_lists(sources), TokenTable.from_lists(tgts), task)
 
