@@ -121,7 +121,8 @@ def _finite(value: Any) -> Any:
 def _source_ids(checkpoint: Checkpoint, record: Record) -> list[int]:
     tok = checkpoint.tokenizer
     if isinstance(record, TranslateRecord):
-        ids = tok.source_ids("translate", record.source, target_lang=record.tgt_lang)
+        ids = tok.source_ids("translate", record.source, target_lang=record.tgt_lang,
+                             source_lang=record.src_lang)
     elif isinstance(record, SummarizeRecord):
         ids = tok.source_ids("summarize", record.source)
     else:
@@ -160,7 +161,7 @@ def _teacher_forcing(
     model, tok = checkpoint.model, checkpoint.tokenizer
     cfg = model.config
     device = model.embed.weight.device
-    target_ids = [ids[: cfg.max_target_positions - 1] for ids in tok.encode_batch(targets)]
+    target_ids = [tok.encode_target(t)[: cfg.max_target_positions - 1] for t in targets]
     counts = TokenCounts()
     for batch in _length_sorted_batches([len(s) for s in sources], batch_size):
         src = pad_batch([sources[i] for i in batch], cfg.pad_id, device)

@@ -12,8 +12,9 @@ training state under OUT/.work. Only rank 0 writes; other ranks wait at barriers
 
 With `init_from: DIR` the run fine-tunes that checkpoint instead: its tokenizer and
 architecture are kept (no tokenizer or pretrain stage), fine-tuning starts from its
-weights, and every checkpoint the run writes keeps its serving declaration
-(architecture, tasks, languages, ...), so the result serves like the original.
+weights, training pairs are built in its own input format (its prompting), and every
+checkpoint the run writes keeps its serving declaration (architecture, tasks,
+languages, ...), so the result serves like the original.
 """
 
 from __future__ import annotations
@@ -169,13 +170,6 @@ def load_base(recipe: Recipe) -> Base | None:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise RunError(f"init_from: {e}") from e
-    arch = ckpt.manifest.get("architecture", "sora")
-    if arch != "sora":
-        # Imported models format tasks their own way (text prefixes, language codes)
-        # and start decoding from their own token; building training pairs for them
-        # is not done yet.
-        raise RunError(f"init_from: {path} is an imported {arch!r} checkpoint; fine-tuning "
-                       "supports Sora-format checkpoints only so far")
     cfg = ckpt.model.config
     problems = [
         f"{key} is {getattr(recipe, key)} but {path} has {limit} positions"
