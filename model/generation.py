@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from model.discriminator import Discriminator, rerank
 from model.sampling import DecodingParams, SamplingBatch, choose, constrain
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -146,12 +147,16 @@ def generate(
     tokenizer: SoraTokenizer,
     sources: list[list[int]],
     params: DecodingParams,
+    discriminator: Discriminator | None = None,
 ) -> list[GenerationResult]:
-    """Decode every source (already tokenized, with task prefix and eos)."""
+    """Decode every source (already tokenized, with task prefix and eos). params.rerank:
+    each output is the `discriminator`'s favourite of the beam's n best."""
     if not sources:
         return []
+    if params.rerank and discriminator is None:
+        raise ValueError("rerank: needs a discriminator")
     if params.strategy == "beam":
-        return [_beam(model, tokenizer, src, params) for src in sources]
+        return [_beam(model, tokenizer, src, params, discriminator) for src in sources]
     device = model.embed.weight.device
     cfg = model.config
     n = len(sources)
@@ -210,9 +215,9 @@ def generate(
     ]
 
 
-def _beam(
-    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams
-) -> GenerationResult:
+def beam_nbest(model: Sora, source: list[int], params: DecodingParams) -> list[Hypothesis]:
+    """Beam search for one source: its params.num_return_sequences best hypotheses,
+    best first."""
     device = model.embed.weight.device
     cfg = model.config
     k = params.beam_size
@@ -237,7 +242,18 @@ def _beam(
         generated[:, int(n_gen[0])] = torch.tensor(next_tokens, device=device)
         n_gen += 1
         tokens = torch.tensor(next_tokens, device=device)
-    best = search.best()
-    ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+    return search.nbest(params.num_return_sequences)
+
+
+def _beam(
+    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
+    discriminator: Discriminator | None,
+) -> GenerationResult:
+    hyps = beam_nbest(model, source, params)
+    outputs = [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
+    pick = 0
+    if params.rerank and discriminator is not None:
+        pick = rerank(discriminator, tokenizer, source, outputs)[0][0]
+    best, ids = hyps[pick], outputs[pick]
     logprob = best.logprob if params.return_logprob else None
     return GenerationResult(ids, tokenizer.decode(ids), logprob, best.finish_reason)

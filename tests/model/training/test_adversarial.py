@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from model import discriminator as D
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import SoraConfig
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
-from model.training import discriminator as D
 from model.training.adversarial import AdversarialObjective
 from model.training.batching import collate
 from model.training.distributed import DistContext
