@@ -43,6 +43,11 @@ class Hypothesis:
     score: float
     finish_reason: str
 
+    @property
+    def output(self) -> list[int]:
+        """The output's token ids: `tokens` without a closing eos."""
+        return self.tokens[:-1] if self.finish_reason == "eos" else self.tokens
+
 
 @dataclass
 class BeamSearch:
@@ -250,7 +255,7 @@ def _beam(
     discriminator: Discriminator | None,
 ) -> GenerationResult:
     hyps = beam_nbest(model, source, params)
-    outputs = [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
+    outputs = [h.output for h in hyps]
     pick = 0
     if params.rerank and discriminator is not None:
         pick = rerank(discriminator, tokenizer, source, outputs)[0][0]

@@ -376,7 +376,7 @@ class Engine:
         for row, seq in batch.watched():
             if seq.beam is not None and seq.beam.done:
                 hyps = seq.beam.nbest(seq.params.num_return_sequences)
-                toks = [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
+                toks = [h.output for h in hyps]
                 disc: list[float | None] = [None] * len(hyps)
                 if seq.params.rerank and self.discriminator is not None:
                     ranked = rerank(self.discriminator, self.tokenizer, seq.source_ids, toks)

@@ -53,7 +53,7 @@ def test_generate_with_rerank_outputs_the_discriminators_favourite(
     moved = 0
     for src, got, beam_best in zip(sources, reranked, plain, strict=True):
         hyps = beam_nbest(tiny_model, src, params)
-        outs = [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
+        outs = [h.output for h in hyps]
         scores = D.score_candidates(disc, tok, src, outs)
         assert got.token_ids == outs[max(range(len(outs)), key=lambda i: scores[i])]
         assert beam_best.token_ids == outs[0]  # without rerank: the beam's best
