@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from model.discriminator import Discriminator, rerank
 from model.sampling import DecodingParams, SamplingBatch, choose, constrain
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -41,6 +42,11 @@ class Hypothesis:
     logprob: float
     score: float
     finish_reason: str
+
+    @property
+    def output(self) -> list[int]:
+        """The output's token ids: `tokens` without a closing eos."""
+        return self.tokens[:-1] if self.finish_reason == "eos" else self.tokens
 
 
 @dataclass
@@ -174,14 +180,18 @@ def generate(
     sources: list[list[int]],
     params: DecodingParams,
     forced: list[list[int]] | None = None,
+    discriminator: Discriminator | None = None,
 ) -> list[GenerationResult]:
     """Decode every source (already tokenized, with task prefix and eos). `forced[i]`:
-    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any."""
+    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any.
+    params.rerank: each output is the `discriminator`'s favourite of the beam's n best."""
     if not sources:
         return []
+    if params.rerank and discriminator is None:
+        raise ValueError("rerank: needs a discriminator")
     if params.strategy == "beam":
-        return [_beam(model, tokenizer, src, params, forced[i] if forced else [])
-                for i, src in enumerate(sources)]
+        return [_beam(model, tokenizer, src, params, forced[i] if forced else [],
+                      discriminator) for i, src in enumerate(sources)]
     device = model.embed.weight.device
     cfg = model.config
     n = len(sources)
@@ -243,10 +253,11 @@ def generate(
     ]
 
 
-def _beam(
-    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
-    forced: list[int],
-) -> GenerationResult:
+def beam_nbest(
+    model: Sora, source: list[int], params: DecodingParams, forced: list[int] | None = None
+) -> list[Hypothesis]:
+    """Beam search for one source: its params.num_return_sequences best hypotheses,
+    best first; `forced`: the token every hypothesis starts with, if any."""
     device = model.embed.weight.device
     cfg = model.config
     k = params.beam_size
@@ -259,7 +270,7 @@ def _beam(
     tokens = torch.full((k,), cfg.bos_id, dtype=torch.long, device=device)
     generated = torch.full((k, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     n_gen = torch.zeros(k, dtype=torch.long, device=device)
-    first = _forced([forced] * k, device)
+    first = _forced([forced or []] * k, device)
     while not search.done:
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
@@ -274,7 +285,18 @@ def _beam(
         generated[:, int(n_gen[0])] = torch.tensor(next_tokens, device=device)
         n_gen += 1
         tokens = torch.tensor(next_tokens, device=device)
-    best = search.best()
-    ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+    return search.nbest(params.num_return_sequences)
+
+
+def _beam(
+    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
+    forced: list[int], discriminator: Discriminator | None,
+) -> GenerationResult:
+    hyps = beam_nbest(model, source, params, forced)
+    outputs = [h.output for h in hyps]
+    pick = 0
+    if params.rerank and discriminator is not None:
+        pick = rerank(discriminator, tokenizer, source, outputs)[0][0]
+    best, ids = hyps[pick], outputs[pick]
     logprob = best.logprob if params.return_logprob else None
     return GenerationResult(ids, tokenizer.decode(ids), logprob, best.finish_reason)

@@ -274,8 +274,7 @@ def pack_run(run: Path, tar: Path) -> str:
     ckpt = load_checkpoint(final)
     ship = run / "ship"
     extra = {f.name: f.read_bytes() for f in sorted(final.iterdir())
-             if f.is_file() and f.name not in (*FILES, MANIFEST)
-             and not f.name.startswith("discriminator")}
+             if f.is_file() and f.name not in (*FILES, MANIFEST)}
     extra["metrics.jsonl"] = (run / "metrics.jsonl").read_bytes()
     # What save_checkpoint writes itself (as scripts/ship_default.py leaves them out).
     own = ("format_version", "files", "parameters", "dtype", "tasks", "languages")

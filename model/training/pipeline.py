@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from model import discriminator as disc_lib
 from model.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -41,7 +42,6 @@ from model.config import SoraConfig
 from model.device import native_bf16
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
-from model.training import discriminator as disc_lib
 from model.training import finetune, pretrain
 from model.training.adversarial import AdversarialObjective, AdversarialValidation
 from model.training.distributed import DistContext
@@ -396,9 +396,11 @@ def _final(run: Run, timings: dict[str, float], base: Base | None) -> Path | Non
         "validation": (stages_info.get(chosen) or {}).get("validation"),
         "adversarial": adversarial,
     }
-    extra = {n: (run.out / chosen / n).read_bytes()
+    # The discriminator judges (source, output) pairs whichever generator is kept, so
+    # final carries it even when the fine-tuned model wins: serving reranks by it.
+    extra = {n: (run.out / "adversarial" / n).read_bytes()
              for n in (disc_lib.WEIGHTS_FILE, disc_lib.CONFIG_FILE)
-             if (run.out / chosen / n).is_file()}
+             if "adversarial" in done and (run.out / "adversarial" / n).is_file()}
     extra.update(_extra_files(run, list(MODEL_STAGES)))
     path = save_checkpoint(run.out / "final", ckpt.model, ckpt.tokenizer, info=info,
                            extra_files=extra)

@@ -169,6 +169,7 @@ def run_core(conn: socket.socket, spec: dict[str, Any]) -> None:
         **info.capabilities.to_dict(), "device": info.device,
         "dtype": info.dtype, "parameters": info.parameters,
         "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
+        "can_rerank": info.can_rerank,
     }]))
     engine.serve()
 

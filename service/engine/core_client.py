@@ -144,7 +144,8 @@ class CoreClient:
         tokenizer = load_tokenizer(self.path, manifest)
         self._admission = Admission(tokenizer, self.config,
                                     max_source_tokens=self.max_source_tokens,
-                                    max_new_tokens=self.max_new_tokens)
+                                    max_new_tokens=self.max_new_tokens,
+                                    can_rerank=self._info["can_rerank"])
         self.state = EngineState.READY
         log.info("engine %s:%s ready in process %d on %s (%s)", self.name, self.version,
                  self._process.pid, self._info["device"], self._info["dtype"])
@@ -183,7 +184,7 @@ class CoreClient:
             else tuple((s, t) for s, t in i["language_pairs"]),
             dtype=i.get("dtype", "?"), parameters=i.get("parameters", 0),
             max_source_tokens=self.max_source_tokens, max_new_tokens=self.max_new_tokens,
-            state=self.state.value,
+            state=self.state.value, can_rerank=i["can_rerank"],
         )
 
     # -- submission (event loop) -------------------------------------------------------

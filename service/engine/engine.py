@@ -19,6 +19,7 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.device import prepare_for_inference, resolve_device
+from model.discriminator import Discriminator, has_discriminator, load_discriminator, rerank
 from model.sampling import DecodingParams
 from service.engine.admission import Admission
 from service.engine.batch import RunningBatch
@@ -61,6 +62,7 @@ class ModelInfo:
     max_source_tokens: int
     max_new_tokens: int
     state: str
+    can_rerank: bool = False  # the checkpoint carries a discriminator (`rerank`)
     architecture: str = "sora"
     # Directions served; None: any ordered pair of `languages`.
     language_pairs: tuple[tuple[str, str], ...] | None = None
@@ -91,6 +93,12 @@ class Engine:
         )
         self.device, self.dtype = device, dtype
         self.tokenizer = checkpoint.tokenizer
+        # The adversarial stage's discriminator, when the checkpoint carries one: it
+        # reorders a request's n-best (`rerank`), in the engine thread like the model.
+        self.discriminator: Discriminator | None = None
+        if checkpoint.path is not None and has_discriminator(self.manifest):
+            self.discriminator = load_discriminator(checkpoint.path, device, dtype,
+                                                    manifest=self.manifest)
         self.runner = ModelRunner(model, self.tokenizer)
         cfg = model.config
         self.max_source_tokens = min(
@@ -99,7 +107,7 @@ class Engine:
         self.max_new_tokens = min(self.config.max_new_tokens, cfg.max_target_positions)
         self.admission = Admission(
             self.tokenizer, self.config, max_source_tokens=self.max_source_tokens,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens, can_rerank=self.discriminator is not None,
         )
         self.scheduler = Scheduler(self.config)
         self.state = EngineState.LOADING
@@ -194,6 +202,7 @@ class Engine:
             state=self.state.value,
             architecture=self.capabilities.architecture,
             language_pairs=self.capabilities.language_pairs,
+            can_rerank=self.discriminator is not None,
         )
 
     # -- submission (event loop) -------------------------------------------------------
@@ -367,14 +376,18 @@ class Engine:
         for row, seq in batch.watched():
             if seq.beam is not None and seq.beam.done:
                 hyps = seq.beam.nbest(seq.params.num_return_sequences)
+                toks = [h.output for h in hyps]
+                disc: list[float | None] = [None] * len(hyps)
+                if seq.params.rerank and self.discriminator is not None:
+                    ranked = rerank(self.discriminator, self.tokenizer, seq.source_ids, toks)
+                    hyps, toks = [hyps[i] for i, _ in ranked], [toks[i] for i, _ in ranked]
+                    disc = [score for _, score in ranked]
                 best = hyps[0]
-                ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
                 if seq.params.num_return_sequences > 1:
-                    outs = self.tokenizer.decode_batch(
-                        [h.tokens[:-1] if h.finish_reason == "eos" else h.tokens for h in hyps]
-                    )
-                    seq.candidates = [[t, h.score] for t, h in zip(outs, hyps, strict=True)]
-                self._finish_seq(seq, ids, best.logprob, best.finish_reason)
+                    outs = self.tokenizer.decode_batch(toks)
+                    seq.candidates = [[t, h.score, d]
+                                      for t, h, d in zip(outs, hyps, disc, strict=True)]
+                self._finish_seq(seq, toks[0], best.logprob, best.finish_reason)
                 finished.add(id(seq))
             elif seq.detok is not None and seq.beam is None and row not in bad_rows:
                 piece = seq.detok.push(out.tokens[row])

@@ -67,7 +67,8 @@ class Sequence:
     logprob: float = 0.0
     detok: IncrementalDetokenizer | None = None  # set when the job streams
     beam: BeamSearch | None = None
-    candidates: list[list[Any]] | None = None  # n-best [text, score], best first
+    # n-best [text, score, discriminator score or None], best first
+    candidates: list[list[Any]] | None = None
     first_scheduled: float | None = None
     first_token: float | None = None
     finished_at: float | None = None
@@ -94,6 +95,8 @@ class Candidate:
 
     text: str
     score: float  # log-probability / length ** length_penalty (the beam's ranking)
+    # rerank: the discriminator's log P(reference), by which the n best are then ordered
+    discriminator_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,7 @@ class Job:
             model=self.model,
             version=self.version,
             segments=len(seqs),
-            candidates=[Candidate(t, s) for t, s in seqs[0].candidates]
+            candidates=[Candidate(*c) for c in seqs[0].candidates]
             if len(seqs) == 1 and seqs[0].candidates else None,
         )
 

@@ -49,7 +49,7 @@ OPTIONAL_FIELDS = (
     "no_repeat_ngram_size", "min_new_tokens", "num_return_sequences",
 )
 # Engine field names that are decoding options in the request.
-OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos"}
+OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos", "rerank"}
 
 # Maps an engine error's field name to the request field's path.
 FieldPath = Callable[[str | None], str | None]
@@ -91,7 +91,8 @@ def decoding_params(
     strategy = STRATEGIES.get(options.strategy)
     if strategy is None:
         raise InvalidRequest(f"unknown strategy {options.strategy}", field="options.strategy")
-    kwargs: dict[str, Any] = {"strategy": strategy, "ignore_eos": options.ignore_eos}
+    kwargs: dict[str, Any] = {"strategy": strategy, "ignore_eos": options.ignore_eos,
+                              "rerank": options.rerank}
     for name in OPTIONAL_FIELDS:
         if options.HasField(name):
             kwargs[name] = getattr(options, name)
@@ -112,7 +113,8 @@ def _result(c: Completion) -> sora_pb2.Result:
         text=c.text,
         finish_reason=FINISH_REASONS.get(c.finish_reason, sora_pb2.FINISH_REASON_UNSPECIFIED),
         usage=_usage(c),
-        candidates=[sora_pb2.Candidate(text=k.text, score=k.score)
+        candidates=[sora_pb2.Candidate(text=k.text, score=k.score,
+                                       discriminator_score=k.discriminator_score)
                     for k in c.candidates or ()],
     )
 
@@ -136,6 +138,7 @@ def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
         architecture=info.architecture,
         language_pairs=[sora_pb2.LanguagePair(source=s, target=t)
                         for s, t in info.language_pairs or ()],
+        can_rerank=info.can_rerank,
     )
 
 

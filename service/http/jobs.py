@@ -25,7 +25,7 @@ from service.http.schemas import Candidate, Result, TaskResponse, Usage
 
 log = logging.getLogger(__name__)
 # Engine field names that live under `options` in the REST body.
-OPTION_FIELDS = {"max_new_tokens", "beam_size", "timeout", "min_new_tokens"}
+OPTION_FIELDS = {"max_new_tokens", "beam_size", "timeout", "min_new_tokens", "rerank"}
 
 
 class ClientDisconnected(Exception):
@@ -110,7 +110,9 @@ def task_response(engine: EngineClient, completions: list[Completion]) -> TaskRe
     results = [
         Result(text=c.text, finish_reason=c.finish_reason,  # type: ignore[arg-type]
                usage=_usage(c.prompt_tokens, c.completion_tokens),
-               candidates=[Candidate(text=k.text, score=k.score) for k in c.candidates]
+               candidates=[Candidate(text=k.text, score=k.score,
+                                     discriminator_score=k.discriminator_score)
+                           for k in c.candidates]
                if c.candidates else None)
         for c in completions
     ]

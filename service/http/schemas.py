@@ -34,6 +34,11 @@ class DecodingOptions(BaseModel):
         default=1, ge=1, le=16, description="beam only: return the n best outputs "
         "(`results[].candidates`), at most beam_size"
     )
+    rerank: bool = Field(
+        default=False, description="order the n best (num_return_sequences > 1) by the "
+        "checkpoint's discriminator and return its score per candidate; only models whose "
+        "`can_rerank` is true (GET /v1/models)"
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="deadline in seconds (as the X-Request-Timeout header)"
     )
@@ -109,6 +114,10 @@ class DetectResponse(BaseModel):
 class Candidate(BaseModel):
     text: str
     score: float = Field(description="log-probability / length ** length_penalty")
+    discriminator_score: float | None = Field(
+        default=None, description="rerank: the discriminator's log P(reference), by which "
+        "the candidates are ordered"
+    )
 
 
 class Result(BaseModel):
@@ -148,6 +157,7 @@ class ModelCard(BaseModel):
     max_source_tokens: int
     max_new_tokens: int
     status: str
+    can_rerank: bool = Field(description="the checkpoint carries a discriminator: `rerank` works")
 
 
 class ModelList(BaseModel):

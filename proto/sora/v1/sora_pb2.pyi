@@ -37,7 +37,7 @@ TASK_SUMMARIZE: Task
 TASK_ANSWER: Task
 
 class DecodingOptions(_message.Message):
-    __slots__ = ("strategy", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "ignore_eos", "num_return_sequences")
+    __slots__ = ("strategy", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "ignore_eos", "num_return_sequences", "rerank")
     class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STRATEGY_UNSPECIFIED: _ClassVar[DecodingOptions.Strategy]
@@ -60,6 +60,7 @@ class DecodingOptions(_message.Message):
     MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     NUM_RETURN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     strategy: DecodingOptions.Strategy
     max_new_tokens: int
     temperature: float
@@ -72,7 +73,8 @@ class DecodingOptions(_message.Message):
     min_new_tokens: int
     ignore_eos: bool
     num_return_sequences: int
-    def __init__(self, strategy: _Optional[_Union[DecodingOptions.Strategy, str]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., no_repeat_ngram_size: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., ignore_eos: bool = ..., num_return_sequences: _Optional[int] = ...) -> None: ...
+    rerank: bool
+    def __init__(self, strategy: _Optional[_Union[DecodingOptions.Strategy, str]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., no_repeat_ngram_size: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., ignore_eos: bool = ..., num_return_sequences: _Optional[int] = ..., rerank: bool = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -97,12 +99,14 @@ class Result(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., detected_language: _Optional[_Union[LanguageScore, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("text", "score")
+    __slots__ = ("text", "score", "discriminator_score")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    DISCRIMINATOR_SCORE_FIELD_NUMBER: _ClassVar[int]
     text: str
     score: float
-    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    discriminator_score: float
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., discriminator_score: _Optional[float] = ...) -> None: ...
 
 class LanguageScore(_message.Message):
     __slots__ = ("language", "confidence")
@@ -270,7 +274,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "tasks", "languages", "device", "dtype", "parameters", "max_source_tokens", "max_new_tokens", "state", "architecture", "language_pairs")
+    __slots__ = ("name", "version", "tasks", "languages", "device", "dtype", "parameters", "max_source_tokens", "max_new_tokens", "state", "architecture", "language_pairs", "can_rerank")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +287,7 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    CAN_RERANK_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     tasks: _containers.RepeatedScalarFieldContainer[str]
@@ -295,7 +300,8 @@ class ModelInfo(_message.Message):
     state: str
     architecture: str
     language_pairs: _containers.RepeatedCompositeFieldContainer[LanguagePair]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., languages: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., state: _Optional[str] = ..., architecture: _Optional[str] = ..., language_pairs: _Optional[_Iterable[_Union[LanguagePair, _Mapping]]] = ...) -> None: ...
+    can_rerank: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., languages: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., max_source_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., state: _Optional[str] = ..., architecture: _Optional[str] = ..., language_pairs: _Optional[_Iterable[_Union[LanguagePair, _Mapping]]] = ..., can_rerank: bool = ...) -> None: ...
 
 class LanguagePair(_message.Message):
     __slots__ = ("source", "target")

@@ -18,7 +18,7 @@ def card(info: ModelInfo) -> ModelCard:
         language_pairs=None if info.language_pairs is None else list(info.language_pairs),
         device=info.device, dtype=info.dtype,
         parameters=info.parameters, max_source_tokens=info.max_source_tokens,
-        max_new_tokens=info.max_new_tokens, status=info.state,
+        max_new_tokens=info.max_new_tokens, status=info.state, can_rerank=info.can_rerank,
     )
 
 
