@@ -1,10 +1,14 @@
-"""Helpers shared by the service tests: Server-Sent Events parsing and polling."""
+"""Helpers shared by the service tests: Server-Sent Events parsing, polling, and a gate
+that holds an engine where the test wants it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 
@@ -24,10 +28,66 @@ def parse_sse(body: str) -> list[tuple[str, Any]]:
     return events
 
 
-def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 30.0) -> None:
+def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 60.0) -> None:
     """Poll `cond` (a safety limit only; no assertion on time)."""
     end = time.monotonic() + limit_s
     while not cond():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+async def wait_until(cond: Callable[[], Any], what: str = "the condition",
+                     limit_s: float = 60.0) -> None:
+    """`wait_for` on the event loop."""
+    end = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+class Gate:
+    """Holds the calls of `target.method` that the engine thread makes while
+    `rule(*args)` is true, so the test acts on requests exactly where they stopped
+    instead of racing the engine: `with Gate(engine.runner, "step"):` keeps admitted
+    requests RUNNING and unfinished until the block ends. `hold(rule)` changes the rule
+    (a held call then re-checks it); leaving the block releases every call."""
+
+    def __init__(self, target: object, method: str,
+                 rule: Callable[..., bool] = lambda *args: True) -> None:
+        self.target, self.method = target, method
+        self.rule = rule
+        self.held = 0  # calls waiting right now
+        self.passed = 0  # calls let through so far
+        self._changed = threading.Condition()
+        self._own = method in vars(target)  # an instance attribute to put back
+        original = getattr(target, method)
+
+        def call(*args: Any) -> Any:
+            with self._changed:
+                while self.rule(*args):
+                    self.held += 1
+                    self._changed.wait()
+                    self.held -= 1
+                self.passed += 1
+            return original(*args)
+
+        self._original = original
+        setattr(target, method, call)
+
+    def hold(self, rule: Callable[..., bool]) -> None:
+        with self._changed:
+            self.rule = rule
+            self._changed.notify_all()
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.hold(lambda *args: False)
+        if self._own:
+            setattr(self.target, self.method, self._original)
+        else:
+            delattr(self.target, self.method)  # the class's method again

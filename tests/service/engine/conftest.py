@@ -3,12 +3,8 @@ outputs are compared with: `model.generation.generate` run on one request alone.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import pytest
@@ -63,61 +59,6 @@ def assert_same(done: Completion, ref: GenerationResult, what: object = "") -> N
     assert done.completion_tokens == len(ref.token_ids), what
     assert done.finish_reason == ref.finish_reason, what
     assert abs(done.logprob - ref.logprob) < 1e-3 * max(1.0, abs(ref.logprob)), what
-
-
-async def wait_until(cond: Callable[[], bool], limit_s: float = 60.0) -> None:
-    """Poll `cond` on the event loop; `limit_s` only bounds a hang, it is no threshold."""
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.001)
-
-
-class Gate:
-    """Holds the calls of `target.method` that the engine thread makes while
-    `rule(*args)` is true, so the test acts on requests exactly where they stopped
-    instead of racing the engine: `with Gate(engine.runner, "step"):` keeps admitted
-    requests RUNNING and unfinished until the block ends. `hold(rule)` changes the rule
-    (a held call then re-checks it); leaving the block releases every call."""
-
-    def __init__(self, target: object, method: str,
-                 rule: Callable[..., bool] = lambda *args: True) -> None:
-        self.target, self.method = target, method
-        self.rule = rule
-        self.held = 0  # calls waiting right now
-        self.passed = 0  # calls let through so far
-        self._changed = threading.Condition()
-        self._own = method in vars(target)  # an instance attribute to put back
-        original = getattr(target, method)
-
-        def call(*args: Any) -> Any:
-            with self._changed:
-                while self.rule(*args):
-                    self.held += 1
-                    self._changed.wait()
-                    self.held -= 1
-                self.passed += 1
-            return original(*args)
-
-        self._original = original
-        setattr(target, method, call)
-
-    def hold(self, rule: Callable[..., bool]) -> None:
-        with self._changed:
-            self.rule = rule
-            self._changed.notify_all()
-
-    def __enter__(self) -> Gate:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.hold(lambda *args: False)
-        if self._own:
-            setattr(self.target, self.method, self._original)
-        else:
-            delattr(self.target, self.method)  # the class's method again
 
 
 def running_jobs(engine: Engine) -> set[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import torch
-from conftest import TEXTS, Gate, MakeEngine, Recorder, assert_same, solo, wait_until
+from conftest import TEXTS, MakeEngine, Recorder, assert_same, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Engine, Job, TaskInput

@@ -33,7 +33,8 @@ from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.registry import ModelRegistry
 from tests.model.test_compiled_model import needs_compiler
 from tests.service.engine import held_core
-from tests.service.engine.conftest import TEXTS, Recorder, wait_until
+from tests.service.engine.conftest import TEXTS, Recorder
+from tests.service.support import wait_until
 
 MakeCore = Callable[..., Awaitable[CoreClient]]
 LONG = DecodingParams(max_new_tokens=120, ignore_eos=True)

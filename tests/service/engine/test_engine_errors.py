@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import TEXTS, Gate, MakeEngine, assert_same, solo, wait_until
+from conftest import TEXTS, MakeEngine, assert_same, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import (

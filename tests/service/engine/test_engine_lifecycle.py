@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TEXTS, Gate, MakeEngine, assert_same, running_jobs, solo, wait_until
+from conftest import TEXTS, MakeEngine, assert_same, running_jobs, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import (

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TEXTS, Recorder, assert_same, solo, wait_until
+from conftest import TEXTS, Recorder, assert_same, solo
+from support import wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Cancelled, Engine, TaskInput

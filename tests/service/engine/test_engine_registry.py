@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEXTS, Gate, assert_same, running_jobs, solo, wait_until
+from conftest import TEXTS, assert_same, running_jobs, solo
+from support import Gate, wait_until
 
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.sampling import DecodingParams
