@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+# service/main.py's start-up line, text or JSON format alike.
+ANNOUNCED = re.compile(r"HTTP on \S+:(\d+), gRPC on (\d+|\(off\))")
 
 
 def parse_sse(body: str) -> list[tuple[str, Any]]:
@@ -35,6 +41,27 @@ def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 60.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+def announced_ports(
+    log: Path, proc: subprocess.Popen[bytes], limit_s: float = 120.0
+) -> tuple[int, int | None]:
+    """(HTTP, gRPC or None) ports of a `sora serve` started with port 0, from its log.
+    A server that binds its own ports cannot lose them, between a test's pick and its
+    bind, to another process of a machine shared with other test runs."""
+    found: re.Match[str] | None = None
+
+    def announced() -> bool:
+        nonlocal found
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:]
+            raise AssertionError(f"sora serve exited with {proc.returncode}:\n{tail}")
+        found = ANNOUNCED.search(log.read_text(errors="replace"))
+        return found is not None
+
+    wait_for(announced, "sora serve to announce its ports", limit_s)
+    assert found is not None
+    return int(found[1]), None if found[2] == "(off)" else int(found[2])
 
 
 async def wait_until(cond: Callable[[], Any], what: str = "the condition",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,16 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import announced_ports
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_S = 120.0  # safety limit on waits, not a check
 LONG = {"max_new_tokens": 500, "ignore_eos": True}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gauge(base: str, name: str) -> float:
@@ -66,18 +60,18 @@ def core_processes(repository: Path) -> list[int]:
 def test_sigterm_drains_in_flight_requests(
     service_checkpoint: Path, tmp_path: Path, mode: str
 ) -> None:
-    http, grpc = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
-         "--http-port", str(http), "--grpc-port", str(grpc),
+         "--http-port", "0", "--grpc-port", "0",
          "--model-repository", str(service_checkpoint), "--max-new-tokens", "500", mode],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "SORA_LOG_LEVEL": "INFO"},
     )
-    base = f"http://127.0.0.1:{http}"
     results: list[httpx.Response] = []
     try:
+        http, _ = announced_ports(tmp_path / "serve.log", proc)
+        base = f"http://127.0.0.1:{http}"
         wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
         assert len(core_processes(service_checkpoint)) == (mode == "--engine-process")
 
@@ -123,12 +117,14 @@ def test_serve_without_arguments_uses_the_shipped_checkpoint(tmp_path: Path) -> 
 
     if not DEFAULT_CHECKPOINT.exists():
         pytest.skip(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is not built yet")
-    http, grpc = free_port(), free_port()
-    env = {**os.environ, "SORA_HTTP_PORT": str(http), "SORA_GRPC_PORT": str(grpc)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http}"
+    env = {**os.environ, "SORA_HTTP_PORT": "0", "SORA_GRPC_PORT": "0",
+           "SORA_LOG_LEVEL": "INFO"}
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
+        http, _ = announced_ports(tmp_path / "serve.log", proc)
+        base = f"http://127.0.0.1:{http}"
         wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
         models = httpx.get(base + "/v1/models").json()["models"]
         assert models and models[0]["name"] == DEFAULT_CHECKPOINT.name
