@@ -151,13 +151,14 @@ async def test_client_disconnect_cancels_the_request(start_server: Any) -> None:
 async def test_client_disconnect_cancels_a_stream(start_server: Any) -> None:
     srv = start_server(grpc_enabled=False)
     [engine] = srv.registry.engines()
-    # Decode steps wait once 8 tokens are out: the stream has sent text by then.
+    # Decode steps wait once 8 tokens are out (the stream has sent text by then), so the
+    # request is still running when the client goes away.
     with Gate(engine.runner, "step", lambda b: int(b.n_generated.max()) >= 8):
         reader, writer = await _raw_post(srv.server.http_port, {**LONG, "stream": True})
         head = await reader.readuntil(b"data:")  # a first token arrived: it is running
         assert b"200 OK" in head
         writer.close()
-        await wait_until(lambda: _cancelled_in_batch(srv), "the server to cancel it")
+    # A stream learns of the disconnect when it writes its next token; 242 are left.
     await wait_until(lambda: not srv.running() and _cancelled_count(srv) >= 1,
                      "the cancelled row to leave the batch")
     assert _cancelled_count(srv) == 1
