@@ -5,6 +5,7 @@ small enough to build in well under a second."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ CORPUS = [
     "Summarize: the meeting covered budgets, hiring and the roadmap for next year.",
     "Question: what is the capital of France? Answer: Paris.",
 ] * 20
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Tests that run a command in process (`sora bench model --threads 1`, a server with
+    SORA_TORCH_THREADS) set torch's intra-op threads for the whole process; put the count
+    back, so no later test runs on another test's setting."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

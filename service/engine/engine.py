@@ -460,15 +460,15 @@ class Engine:
         with self._open_lock:
             self._open -= 1
         job = seq.job
+        # Stats first: whoever awaits the job finds its metrics already recorded.
+        if all(s.status.finished for s in job.sequences):
+            self._job_stats(job, error)
         if error is not None:
-            job.fail(error)
+            job.fail(error)  # its other sequences leave the queue/batch at the next step
         else:
             job.post("done", seq.index)
-        # A failed job's other sequences leave the queue/batch at the next step.
-        if all(s.status.finished for s in job.sequences):
-            self._job_stats(job)
 
-    def _job_stats(self, job: Job) -> None:
+    def _job_stats(self, job: Job, error: EngineError | None) -> None:
         seqs = job.sequences
         end = max(s.finished_at or 0.0 for s in seqs)
         scheduled = [s.first_scheduled for s in seqs if s.first_scheduled is not None]
@@ -480,7 +480,8 @@ class Engine:
             tpot = (end - min(first)) / (generated - 1)
         e2e = end - job.arrival
         self.scheduler.avg_seq_seconds = 0.9 * self.scheduler.avg_seq_seconds + 0.1 * e2e
-        outcome = job.error.code if job.error else (
+        failed = job.error or error  # `error` ends the job now; job.error: an earlier one
+        outcome = failed.code if failed else (
             "length" if any(s.status is Status.FINISHED_LENGTH for s in seqs) else "eos"
         )
         self._emit(RequestStats(

@@ -3,8 +3,9 @@ disconnects).
 
 - RequestContextMiddleware: the request id (echoed from `X-Request-ID` or generated) on
   the response and in every log line; one access-log line and one
-  `sora_http_requests_total` count per response; an unexpected exception becomes a 500
-  in the common error shape rather than a bare traceback page.
+  `sora_http_requests_total` count per response, both done before its last body
+  chunk is sent (they exist once the client has the response); an unexpected
+  exception becomes a 500 in the common error shape rather than a bare traceback page.
 - BodyLimitMiddleware: refuses bodies over `max_body_bytes` with 413, by Content-Length
   when given and by counting the bytes actually received otherwise (chunked uploads).
 """
@@ -64,7 +65,17 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = False
+        recorded = False
         t0 = time.perf_counter()
+
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_request(template, status)
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status,
+                     (time.perf_counter() - t0) * 1000)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -75,6 +86,10 @@ class RequestContextMiddleware:
                            if k.lower() != REQUEST_ID_HEADER]
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Before the last byte leaves: a client holding the whole response
+                # finds its access line written and its request counted.
+                record()
             await send(message)
 
         try:
@@ -91,11 +106,8 @@ class RequestContextMiddleware:
                     "body": json.dumps(error_body("internal", "internal server error")).encode(),
                 })
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_request(template, status)
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status,
-                     (time.perf_counter() - t0) * 1000)
+            if not recorded:  # the response never completed (client gone, error mid-body)
+                record()
             request_id_var.reset(token)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.service.support import announced_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 READY_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sora_executable(python: str | Path = sys.executable) -> Path:
@@ -52,17 +47,14 @@ def start_serve(
     sora: Path, model_repository: Path, log: Path, *, env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> ServeProcess:
-    """Start `sora serve` and wait for GET /health/ready == 200."""
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
+    """Start `sora serve` on ports it picks and wait for GET /health/ready == 200."""
     full_env = {
         # Nothing of the test process's SORA_* or PYTHONPATH leaks in.
         **{k: v for k, v in os.environ.items()
            if not k.startswith("SORA_") and k != "PYTHONPATH"},
         "SORA_HOST": "127.0.0.1",
-        "SORA_HTTP_PORT": str(http_port),
-        "SORA_GRPC_PORT": str(grpc_port),
+        "SORA_HTTP_PORT": "0",
+        "SORA_GRPC_PORT": "0",
         "SORA_MODEL_REPOSITORY": str(model_repository),
         "SORA_DEVICE": "cpu",
         "SORA_DRAIN_TIMEOUT_S": "10",
@@ -70,11 +62,18 @@ def start_serve(
         "SORA_COMPILE": "off",  # 30-90 s per start; tests/model covers the compiled model
         **(env or {}),
     }
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [str(sora), "serve"], env=full_env, stdout=out, stderr=subprocess.STDOUT,
-        cwd=cwd or log.parent,
-    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(sora), "serve"], env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd or log.parent,
+        )
+    try:
+        http_port, grpc_port = announced_ports(log, proc, READY_TIMEOUT_S)
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
+    assert grpc_port is not None
     server = ServeProcess(proc, f"http://127.0.0.1:{http_port}", grpc_port, log)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -15,8 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import parse_sse, wait_for
 
+from service.engine import core_client
 from service.engine.core_client import CoreClient
 from tests.service.conftest import RunningServer, grpc_available, launch
+from tests.service.engine import held_core
 
 TEXTS = ["Hello world.", "The quick brown fox.", "Bonjour le monde.", "Ciao.", "你好，世界"]
 OPTIONS = {"max_new_tokens": 12}
@@ -102,17 +104,25 @@ def test_bad_input_is_a_400_naming_the_field(core_server: RunningServer) -> None
 
 
 def test_a_client_disconnect_cancels_the_request_in_the_core(
-    core_server: RunningServer,
+    service_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    body = {"text": "Hello", "target_lang": "de", "stream": True,
-            "options": {"max_new_tokens": 250, "ignore_eos": True}}
-    with httpx.stream("POST", core_server.http_url + "/v1/translate", json=body,
-                      timeout=60) as r:
-        next(r.iter_lines())  # generation has started; now the client goes away
-    wait_for(lambda: core_server.running() == 0, "the cancelled row to leave the batch")
-    wait_for(lambda: any(dict(k)["reason"] == "cancelled" for k in
-                         samples(core_server, "sora_request_failures_total")),
-             "the cancellation to be counted")
+    # A held core (tests/service/engine/held_core.py): the request cannot finish before
+    # the cancellation that the disconnect sends reaches the core.
+    with monkeypatch.context() as patch:
+        patch.setattr(core_client.subprocess, "Popen", held_core.popen)
+        srv = launch(service_checkpoint, engine_process=True, grpc_enabled=False)
+    try:
+        body = {"text": "Hello", "target_lang": "de", "stream": True,
+                "options": {"max_new_tokens": 250, "ignore_eos": True}}
+        with httpx.stream("POST", srv.http_url + "/v1/translate", json=body, timeout=60):
+            # Generation has started (the core holds it); now the client goes away.
+            wait_for(lambda: srv.running() == 1, "the request running in the core")
+        wait_for(lambda: srv.running() == 0, "the cancelled row to leave the batch")
+        wait_for(lambda: any(dict(k)["reason"] == "cancelled" for k in
+                             samples(srv, "sora_request_failures_total")),
+                 "the cancellation to be counted")
+    finally:
+        srv.stop()
 
 
 def test_a_dead_core_fails_liveness_and_readiness_until_replaced(

@@ -130,12 +130,9 @@ def test_torch_threads_setting_applies_at_start(tmp_path: Path) -> None:
 
     from service.main import SoraServer
 
-    before = torch.get_num_threads()
-    try:
-        SoraServer(Settings.load(model_repository=tmp_path, torch_threads=1))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    # tests/conftest.py's torch_threads fixture puts the count back afterwards.
+    SoraServer(Settings.load(model_repository=tmp_path, torch_threads=1))
+    assert torch.get_num_threads() == 1
 
 
 def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,22 +15,19 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import announced_ports
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_S = 120.0  # safety limit on waits, not a check
 LONG = {"max_new_tokens": 500, "ignore_eos": True}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def gauge(base: str, name: str) -> float:
+def prefilled(base: str) -> float:
+    """Sequences admitted so far (rows of every prefill step): it only grows, so unlike
+    the running/waiting gauges it cannot miss requests that finish early."""
     text = httpx.get(base + "/metrics", timeout=10).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)
+               if s.name == "sora_batch_size_sum" and s.labels.get("kind") == "prefill")
 
 
 def wait_for(cond: Any, what: str, proc: subprocess.Popen[bytes]) -> None:
@@ -66,18 +62,18 @@ def core_processes(repository: Path) -> list[int]:
 def test_sigterm_drains_in_flight_requests(
     service_checkpoint: Path, tmp_path: Path, mode: str
 ) -> None:
-    http, grpc = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
-         "--http-port", str(http), "--grpc-port", str(grpc),
+         "--http-port", "0", "--grpc-port", "0",
          "--model-repository", str(service_checkpoint), "--max-new-tokens", "500", mode],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "SORA_LOG_LEVEL": "INFO"},
     )
-    base = f"http://127.0.0.1:{http}"
     results: list[httpx.Response] = []
     try:
+        http, _ = announced_ports(tmp_path / "serve.log", proc)
+        base = f"http://127.0.0.1:{http}"
         wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
         assert len(core_processes(service_checkpoint)) == (mode == "--engine-process")
 
@@ -93,10 +89,10 @@ def test_sigterm_drains_in_flight_requests(
                            "stream": True}),
         ]
         threads = [threading.Thread(target=call, args=c) for c in calls]
+        before = prefilled(base)  # warm-up's, where the server counts it
         for t in threads:
             t.start()
-        wait_for(lambda: gauge(base, "sora_running_requests")
-                 + gauge(base, "sora_waiting_requests") == 6, "six sequences in flight", proc)
+        wait_for(lambda: prefilled(base) - before >= 6, "six sequences admitted", proc)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(LIMIT_S)
@@ -123,12 +119,14 @@ def test_serve_without_arguments_uses_the_shipped_checkpoint(tmp_path: Path) -> 
 
     if not DEFAULT_CHECKPOINT.exists():
         pytest.skip(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is not built yet")
-    http, grpc = free_port(), free_port()
-    env = {**os.environ, "SORA_HTTP_PORT": str(http), "SORA_GRPC_PORT": str(grpc)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http}"
+    env = {**os.environ, "SORA_HTTP_PORT": "0", "SORA_GRPC_PORT": "0",
+           "SORA_LOG_LEVEL": "INFO"}
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
+        http, _ = announced_ports(tmp_path / "serve.log", proc)
+        base = f"http://127.0.0.1:{http}"
         wait_for(lambda: httpx.get(base + "/health/ready").status_code == 200, "ready", proc)
         models = httpx.get(base + "/v1/models").json()["models"]
         assert models and models[0]["name"] == DEFAULT_CHECKPOINT.name

@@ -3,9 +3,7 @@ outputs are compared with: `model.generation.generate` run on one request alone.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,15 +59,6 @@ def assert_same(done: Completion, ref: GenerationResult, what: object = "") -> N
     assert done.completion_tokens == len(ref.token_ids), what
     assert done.finish_reason == ref.finish_reason, what
     assert abs(done.logprob - ref.logprob) < 1e-3 * max(1.0, abs(ref.logprob)), what
-
-
-async def wait_until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
-    """Poll `cond` on the event loop; `limit_s` only bounds a hang, it is no threshold."""
-    end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.001)
 
 
 def running_jobs(engine: Engine) -> set[str]:

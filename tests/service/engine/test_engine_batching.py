@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import torch
-from conftest import TEXTS, MakeEngine, Recorder, assert_same, solo, wait_until
+from conftest import TEXTS, MakeEngine, Recorder, assert_same, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import Engine, Job, TaskInput
@@ -69,11 +70,13 @@ async def mixed_load_equals_solo(engine: Engine) -> None:
     # The first group is long (ignore_eos) so later groups join a batch mid-decode.
     requests[0] = (requests[0][0], DecodingParams(max_new_tokens=60, ignore_eos=True))
     jobs: list[Job] = []
-    for start in range(0, 64, 8):
-        jobs.extend(engine.submit(inp, p) for inp, p in requests[start : start + 8])
-        if start == 0:
-            await wait_until(lambda: engine._batch is not None)
-        await asyncio.sleep(0.002)
+    # Each group arrives after two more decode steps of the batch (counted, not timed).
+    with Gate(engine.runner, "step") as decode:
+        for start in range(0, 64, 8):
+            jobs.extend(engine.submit(inp, p) for inp, p in requests[start : start + 8])
+            limit = decode.passed + 2
+            decode.hold(lambda b, limit=limit: decode.passed >= limit)
+            await wait_until(lambda limit=limit: decode.held == 1 and decode.passed == limit)
     results = await asyncio.gather(*(j.result() for j in jobs))
 
     # Rows were admitted into a batch already decoding, and several rows decoded together.
@@ -97,20 +100,22 @@ async def test_ended_rows_are_reused_in_place(make_engine: MakeEngine) -> None:
     inp = TaskInput("translate", TEXTS[1], target_lang="de")
     long = DecodingParams(max_new_tokens=40, ignore_eos=True)
     short = DecodingParams(max_new_tokens=3, ignore_eos=True)
-    jobs = [engine.submit(inp, long) for _ in range(4)]
-    jobs.append(engine.submit(TaskInput("summarize", TEXTS[4]), short))
-    await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
-    batch = engine._batch
-    assert batch is not None and batch.size == 5 and batch.live == 4
-    self_k = batch.cache.self_k[0]
+    # Decode steps wait while a row is parked: the test looks at the batch as it is.
+    with Gate(engine.runner, "step", lambda b: b.parked is not None) as decode:
+        jobs = [engine.submit(inp, long) for _ in range(4)]
+        jobs.append(engine.submit(TaskInput("summarize", TEXTS[4]), short))
+        await wait_until(lambda: decode.held == 1)
+        batch = engine._batch
+        assert batch is not None and batch.size == 5 and batch.live == 4
+        self_k = batch.cache.self_k[0]
 
-    # ignore_eos: the newcomer stays in its row until the check below has seen it there.
-    newcomer = (TaskInput("answer", TEXTS[9], context=TEXTS[3]),
-                DecodingParams(max_new_tokens=30, ignore_eos=True))
-    jobs.append(engine.submit(*newcomer))
-    await wait_until(lambda: batch.parked is None)
-    assert engine._batch is batch and batch.size == 5 and batch.live == 5
-    assert batch.cache.self_k[0] is self_k  # filled in place, not concatenated
+        newcomer = (TaskInput("answer", TEXTS[9], context=TEXTS[3]),
+                    DecodingParams(max_new_tokens=30, ignore_eos=True))
+        jobs.append(engine.submit(*newcomer))
+        decode.hold(lambda b: b.parked is None)  # ... now once the newcomer is in
+        await wait_until(lambda: decode.held == 1 and batch.parked is None)
+        assert engine._batch is batch and batch.size == 5 and batch.live == 5
+        assert batch.cache.self_k[0] is self_k  # filled in place, not concatenated
 
     results = await asyncio.gather(*(j.result() for j in jobs))
     expected = [(inp, long)] * 4 + [(TaskInput("summarize", TEXTS[4]), short), newcomer]
@@ -123,15 +128,17 @@ async def test_a_beam_joining_drops_parked_rows(engine: Engine) -> None:
     leaves parked rows out, and the batch never computes more rows than it runs."""
     inp = TaskInput("translate", TEXTS[1], target_lang="de")
     long = DecodingParams(max_new_tokens=40, ignore_eos=True)
-    jobs = [engine.submit(inp, long) for _ in range(4)]
-    jobs.append(engine.submit(inp, DecodingParams(max_new_tokens=3, ignore_eos=True)))
-    await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
     beam = (TaskInput("summarize", TEXTS[4]), DecodingParams(strategy="beam", beam_size=3,
                                                              max_new_tokens=10))
-    jobs.append(engine.submit(*beam))
-    await wait_until(lambda: engine.running == 7)
-    batch = engine._batch
-    assert batch is not None and batch.size == batch.live == 7 and batch.parked is None
+    with Gate(engine.runner, "step", lambda b: b.parked is not None) as decode:
+        jobs = [engine.submit(inp, long) for _ in range(4)]
+        jobs.append(engine.submit(inp, DecodingParams(max_new_tokens=3, ignore_eos=True)))
+        await wait_until(lambda: decode.held == 1)  # a row parked
+        jobs.append(engine.submit(*beam))
+        decode.hold(lambda b: b.live == 7)  # ... now once the beam has joined
+        await wait_until(lambda: decode.held == 1 and engine.running == 7)
+        batch = engine._batch
+        assert batch is not None and batch.size == batch.live == 7 and batch.parked is None
     results = await asyncio.gather(*(j.result() for j in jobs))
     assert_same(results[-1], solo(engine, *beam))
     assert_same(results[0], solo(engine, inp, long))

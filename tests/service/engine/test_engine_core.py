@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,26 +27,37 @@ from service.engine import (
     Overloaded,
     TaskInput,
     Unavailable,
+    core_client,
 )
 from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.registry import ModelRegistry
 from tests.model.test_compiled_model import needs_compiler
-from tests.service.engine.conftest import TEXTS, Recorder, wait_until
+from tests.service.engine import held_core
+from tests.service.engine.conftest import TEXTS, Recorder
+from tests.service.support import wait_until
 
 MakeCore = Callable[..., Awaitable[CoreClient]]
 LONG = DecodingParams(max_new_tokens=120, ignore_eos=True)
 
 
 @pytest.fixture
-async def make_core(service_checkpoint: Path) -> AsyncIterator[MakeCore]:
-    """CoreClients over the service tests' tiny checkpoint (room for long outputs)."""
+async def make_core(
+    service_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[MakeCore]:
+    """CoreClients over the service tests' tiny checkpoint (room for long outputs).
+    held=True: the core is `held_core.py`, whose running batch waits for the test's
+    next message, so a request seen running is still running when the test acts."""
     clients: list[CoreClient] = []
 
-    async def make(path: Path = service_checkpoint / "tiny", **config: Any) -> CoreClient:
+    async def make(path: Path = service_checkpoint / "tiny", *, held: bool = False,
+                   **config: Any) -> CoreClient:
         cfg = EngineConfig(**{"warmup": False, "device": "cpu", "compile": "off", **config})
         client = CoreClient(path, cfg, name="tiny", version="1")
         clients.append(client)
-        await client.start()
+        with monkeypatch.context() as patch:
+            if held:
+                patch.setattr(core_client.subprocess, "Popen", held_core.popen)
+            await client.start()
         return client
 
     yield make
@@ -101,7 +113,7 @@ async def test_bad_input_fails_at_submit_naming_the_field(make_core: MakeCore) -
 
 
 async def test_cancel_frees_the_rows_in_the_core(make_core: MakeCore) -> None:
-    core = await make_core()
+    core = await make_core(held=True)
     other = core.submit(TaskInput("translate", TEXTS[1], target_lang="fr"), LONG)
     job = core.submit(TaskInput("translate", TEXTS[0], target_lang="de"), LONG)
     await wait_until(lambda: core.running == 2)
@@ -113,10 +125,17 @@ async def test_cancel_frees_the_rows_in_the_core(make_core: MakeCore) -> None:
 
 
 async def test_deadline_is_enforced_by_the_core(make_core: MakeCore) -> None:
-    core = await make_core()
+    core = await make_core(held=True)
     job = core.submit(TaskInput("translate", TEXTS[0], target_lang="de"), LONG, timeout=0.05)
+    await wait_until(lambda: core.running == 1)  # held mid-generation
+    assert job.deadline is not None
+    await wait_until(lambda: time.monotonic() > job.deadline)  # type: ignore[operator]
+    # The next message moves the core on: its next step finds the deadline past.
+    other = core.submit(TaskInput("translate", TEXTS[1], target_lang="de"),
+                        DecodingParams(max_new_tokens=4, ignore_eos=True))
     with pytest.raises(DeadlineExceeded):
         await job.result()
+    assert (await other.result()).completion_tokens == 4
 
 
 async def test_stats_reach_the_servers_listeners(make_core: MakeCore) -> None:
@@ -134,7 +153,7 @@ async def test_stats_reach_the_servers_listeners(make_core: MakeCore) -> None:
 
 
 async def test_queue_limit_rejects_at_submit(make_core: MakeCore) -> None:
-    core = await make_core(max_waiting=2, max_batch_sequences=1)
+    core = await make_core(max_waiting=2, max_batch_sequences=1, held=True)
     first = core.submit(TaskInput("translate", TEXTS[0], target_lang="de"), LONG)
     await wait_until(lambda: core.running == 1)
     queued = [core.submit(TaskInput("translate", t, target_lang="de"), LONG)
@@ -159,7 +178,7 @@ async def test_a_corrupted_checkpoint_fails_start_with_the_file_named(
 
 
 async def test_drain_finishes_accepted_work_then_the_core_exits(make_core: MakeCore) -> None:
-    core = await make_core()
+    core = await make_core(held=True)
     jobs = [core.submit(TaskInput("translate", t, target_lang="de"), LONG) for t in TEXTS[:3]]
     await wait_until(lambda: core.running == 3)
     await core.drain(timeout=60)
@@ -171,7 +190,7 @@ async def test_drain_finishes_accepted_work_then_the_core_exits(make_core: MakeC
 
 
 async def test_drain_timeout_fails_leftovers_as_unavailable(make_core: MakeCore) -> None:
-    core = await make_core()
+    core = await make_core(held=True)
     job = core.submit(TaskInput("translate", TEXTS[0], target_lang="de"),
                       DecodingParams(max_new_tokens=250, ignore_eos=True))
     await wait_until(lambda: core.running == 1)
@@ -181,7 +200,7 @@ async def test_drain_timeout_fails_leftovers_as_unavailable(make_core: MakeCore)
 
 
 async def test_a_dead_core_fails_its_requests_and_stops_the_engine(make_core: MakeCore) -> None:
-    core = await make_core()
+    core = await make_core(held=True)
     job = core.submit(TaskInput("translate", TEXTS[0], target_lang="de"),
                       DecodingParams(max_new_tokens=250, ignore_eos=True))
     await wait_until(lambda: core.running == 1)

@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import TEXTS, MakeEngine, assert_same, solo, wait_until
+from conftest import TEXTS, MakeEngine, assert_same, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import (
@@ -166,7 +167,8 @@ async def test_non_finite_logits_fail_only_their_row(
         return logits
 
     patch_decode(engine, monkeypatch, hook)
-    jobs.extend(engine.submit(inp, p) for inp, p in inputs)
+    with Gate(engine, "step"):  # all four are admitted together, by one step
+        jobs.extend(engine.submit(inp, p) for inp, p in inputs)
     outcomes = await asyncio.gather(*(j.result() for j in jobs), return_exceptions=True)
     for i, ((inp, p), done) in enumerate(zip(inputs, outcomes, strict=True)):
         if i == victim:

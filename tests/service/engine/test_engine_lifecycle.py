@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TEXTS, MakeEngine, assert_same, running_jobs, solo, wait_until
+from conftest import TEXTS, MakeEngine, assert_same, running_jobs, solo
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from service.engine import (
@@ -26,8 +27,8 @@ SHORT = DecodingParams(max_new_tokens=12)
 
 
 def slow_steps(engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: float = 0.003) -> None:
-    """Each decode step takes at least `seconds` longer (values unchanged), so requests
-    are certainly still running when the test acts on them."""
+    """Each decode step takes at least `seconds` longer (values unchanged), so a
+    request of LONG certainly outlives a deadline shorter than 60 * `seconds`."""
     model = engine.runner.model
     original = model.decode_step
 
@@ -46,14 +47,12 @@ def bystanders() -> list[TaskInput]:
     ]
 
 
-async def test_job_cancel_frees_rows_and_spares_others(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    slow_steps(engine, monkeypatch)
-    victim = engine.submit(TaskInput("translate", TEXTS[1], target_lang="fr"), LONG)
-    others = [engine.submit(inp, SHORT) for inp in bystanders()]
-    await wait_until(lambda: victim.id in running_jobs(engine))
-    victim.cancel()
+async def test_job_cancel_frees_rows_and_spares_others(engine: Engine) -> None:
+    with Gate(engine.runner, "step"):  # decode held: the victim is cancelled mid-flight
+        victim = engine.submit(TaskInput("translate", TEXTS[1], target_lang="fr"), LONG)
+        others = [engine.submit(inp, SHORT) for inp in bystanders()]
+        await wait_until(lambda: victim.id in running_jobs(engine))
+        victim.cancel()
     with pytest.raises(Cancelled) as err:
         await victim.result()
     assert err.value.code == "cancelled"
@@ -65,31 +64,27 @@ async def test_job_cancel_frees_rows_and_spares_others(
     assert len(engine.scheduler) == 0
 
 
-async def test_cancelling_the_awaiting_task_cancels_the_request(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    slow_steps(engine, monkeypatch)
-    task = asyncio.create_task(engine.generate(TaskInput("summarize", TEXTS[4]), LONG))
-    await wait_until(lambda: bool(running_jobs(engine)))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+async def test_cancelling_the_awaiting_task_cancels_the_request(engine: Engine) -> None:
+    with Gate(engine.runner, "step"):
+        task = asyncio.create_task(engine.generate(TaskInput("summarize", TEXTS[4]), LONG))
+        await wait_until(lambda: bool(running_jobs(engine)))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     await wait_until(lambda: engine._batch is None)
     inp = bystanders()[0]
     assert_same(await engine.generate(inp, SHORT), solo(engine, inp, SHORT))
 
 
-async def test_cancelling_a_result_waiter_cancels_the_job(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    slow_steps(engine, monkeypatch)
-    job = engine.submit(TaskInput("summarize", TEXTS[4]), LONG)
-    waiter = asyncio.create_task(job.result())
-    await wait_until(lambda: job.id in running_jobs(engine))
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert job.cancelled
+async def test_cancelling_a_result_waiter_cancels_the_job(engine: Engine) -> None:
+    with Gate(engine.runner, "step"):
+        job = engine.submit(TaskInput("summarize", TEXTS[4]), LONG)
+        waiter = asyncio.create_task(job.result())
+        await wait_until(lambda: job.id in running_jobs(engine))
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert job.cancelled
     await wait_until(lambda: engine._batch is None)
 
 
@@ -114,15 +109,13 @@ async def test_a_failed_stream_read_only_through_deltas_logs_no_stray_error(
     assert "never retrieved" not in caplog.text
 
 
-async def test_cancel_while_queued_empties_the_queue(
-    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_cancel_while_queued_empties_the_queue(make_engine: MakeEngine) -> None:
     engine = await make_engine(max_batch_sequences=1)
-    slow_steps(engine, monkeypatch)
-    first = engine.submit(TaskInput("summarize", TEXTS[4]), LONG)
-    queued = [engine.submit(inp, SHORT) for inp in bystanders()]
-    await wait_until(lambda: first.id in running_jobs(engine))
-    queued[1].cancel()
+    with Gate(engine.runner, "step"):  # `first` holds the only row: the others queue
+        first = engine.submit(TaskInput("summarize", TEXTS[4]), LONG)
+        queued = [engine.submit(inp, SHORT) for inp in bystanders()]
+        await wait_until(lambda: first.id in running_jobs(engine))
+        queued[1].cancel()
     with pytest.raises(Cancelled):
         await queued[1].result()
     first.cancel()
@@ -147,39 +140,36 @@ async def test_deadline_fails_running_and_queued_requests(
     await wait_until(lambda: engine._batch is None and len(engine.scheduler) == 0)
 
 
-async def test_higher_priority_is_admitted_first(
-    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_higher_priority_is_admitted_first(make_engine: MakeEngine) -> None:
     engine = await make_engine(max_batch_sequences=1)
-    slow_steps(engine, monkeypatch, seconds=0.001)
     order: list[str] = []
 
     async def run(name: str, priority: int, params: DecodingParams) -> None:
         await engine.submit(TaskInput("summarize", TEXTS[4]), params, priority=priority).result()
         order.append(name)
 
-    first = asyncio.create_task(run("first", 0, LONG))
-    await wait_until(lambda: bool(running_jobs(engine)))
-    low = [asyncio.create_task(run(f"low{i}", 0, SHORT)) for i in range(3)]
-    await asyncio.sleep(0)  # the low ones are queued before the urgent one arrives
-    urgent = asyncio.create_task(run("urgent", 5, SHORT))
+    with Gate(engine.runner, "step"):  # `first` holds the only row until all are queued
+        first = asyncio.create_task(run("first", 0, LONG))
+        await wait_until(lambda: bool(running_jobs(engine)))
+        low = [asyncio.create_task(run(f"low{i}", 0, SHORT)) for i in range(3)]
+        await wait_until(lambda: engine.waiting == 3)  # before the urgent one arrives
+        urgent = asyncio.create_task(run("urgent", 5, SHORT))
+        await wait_until(lambda: engine.waiting == 4)
     await asyncio.gather(first, urgent, *low)
     assert order == ["first", "urgent", "low0", "low1", "low2"]
 
 
-async def test_drain_finishes_accepted_work_and_rejects_new(
-    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_drain_finishes_accepted_work_and_rejects_new(make_engine: MakeEngine) -> None:
     engine = await make_engine(max_batch_sequences=2)
-    slow_steps(engine, monkeypatch, seconds=0.001)
     inputs = [TaskInput("translate", t, target_lang="es") for t in TEXTS[:6]]
-    jobs = [engine.submit(inp, SHORT) for inp in inputs]
-    drain = asyncio.create_task(engine.drain(timeout=30.0))
-    await asyncio.sleep(0)
-    assert engine.state is EngineState.DRAINING
-    with pytest.raises(Unavailable) as err:
-        engine.submit(inputs[0], SHORT)
-    assert err.value.code == "unavailable"
+    with Gate(engine.runner, "step"):  # none has finished when the drain begins
+        jobs = [engine.submit(inp, SHORT) for inp in inputs]
+        drain = asyncio.create_task(engine.drain(timeout=30.0))
+        await asyncio.sleep(0)  # the drain task runs first: it marks the engine at once
+        assert engine.state is EngineState.DRAINING
+        with pytest.raises(Unavailable) as err:
+            engine.submit(inputs[0], SHORT)
+        assert err.value.code == "unavailable"
     results = await asyncio.gather(*(j.result() for j in jobs))
     await drain
     assert engine.state is EngineState.STOPPED
@@ -187,19 +177,13 @@ async def test_drain_finishes_accepted_work_and_rejects_new(
         assert_same(done, solo(engine, inp, SHORT))
 
 
-async def test_drain_waits_for_a_request_being_prefilled(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_drain_waits_for_a_request_being_prefilled(engine: Engine) -> None:
     """A request taken off the queue but not yet in the batch is still accepted work."""
-    original = engine.runner.prefill
-
-    def slow_prefill(seqs: Any) -> Any:
-        time.sleep(0.1)
-        return original(seqs)
-
-    monkeypatch.setattr(engine.runner, "prefill", slow_prefill)
     inp = bystanders()[1]
-    job = engine.submit(inp, SHORT)
-    await wait_until(lambda: len(engine.scheduler) == 0)  # admitted, prefill under way
-    await engine.drain(timeout=30.0)
+    with Gate(engine.runner, "prefill") as prefill:
+        job = engine.submit(inp, SHORT)
+        await wait_until(lambda: prefill.held == 1)  # off the queue, not in the batch
+        drain = asyncio.create_task(engine.drain(timeout=30.0))
+        await wait_until(lambda: engine.state is EngineState.DRAINING)
+    await drain
     assert_same(await job.result(), solo(engine, inp, SHORT))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEXTS, assert_same, running_jobs, solo, wait_until
+from conftest import TEXTS, assert_same, running_jobs, solo
+from support import Gate, wait_until
 
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.sampling import DecodingParams
@@ -65,36 +66,29 @@ async def test_good_reload_switches_while_old_requests_finish(
     tmp_path: Path,
     tiny_model: Sora,
     tiny_tokenizer: SoraTokenizer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = registry.get()
-    # Slow the old engine's steps so its requests are surely in flight during the swap.
-    original = old.runner.model.decode_step
-
-    def slow(*args: object) -> torch.Tensor:
-        import time
-
-        time.sleep(0.002)
-        return original(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(old.runner.model, "decode_step", slow)
     long = DecodingParams(max_new_tokens=40, ignore_eos=True)
-    in_flight = [old.submit(TaskInput("summarize", t), long) for t in TEXTS[:3]]
-    await wait_until(lambda: bool(running_jobs(old)))
+    # The old engine's decode steps wait until the block ends: its requests are surely
+    # in flight during the swap and while the new version serves.
+    with Gate(old.runner, "step"):
+        in_flight = [old.submit(TaskInput("summarize", t), long) for t in TEXTS[:3]]
+        await wait_until(lambda: bool(running_jobs(old)))
 
-    torch.manual_seed(99)
-    other = Sora(tiny_model.config).eval()
-    save_checkpoint(tmp_path / "v2", other, tiny_tokenizer, info={"name": "tiny"})
-    new = await registry.reload("tiny", path=tmp_path / "v2", version="2")
+        torch.manual_seed(99)
+        other = Sora(tiny_model.config).eval()
+        save_checkpoint(tmp_path / "v2", other, tiny_tokenizer, info={"name": "tiny"})
+        new = await registry.reload("tiny", path=tmp_path / "v2", version="2")
 
-    assert registry.get() is new and new.version == "2" and new.ready
-    assert registry.get("tiny", "2") is new
-    with pytest.raises(ModelNotFound) as err:
-        registry.get("tiny", "1")
-    assert err.value.field == "version"
-    fresh = await new.generate(INP, SHORT)
-    assert fresh.version == "2"
-    assert_same(fresh, solo(new, INP, SHORT))
+        assert registry.get() is new and new.version == "2" and new.ready
+        assert registry.get("tiny", "2") is new
+        with pytest.raises(ModelNotFound) as err:
+            registry.get("tiny", "1")
+        assert err.value.field == "version"
+        fresh = await new.generate(INP, SHORT)
+        assert fresh.version == "2"
+        assert_same(fresh, solo(new, INP, SHORT))
+        assert not any(j.outcome().done() for j in in_flight)
     results = await asyncio.gather(*(j.result() for j in in_flight))
     assert [r.completion_tokens for r in results] == [40, 40, 40]
     assert {r.version for r in results} == {"1"}

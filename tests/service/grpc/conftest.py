@@ -8,9 +8,7 @@ outlive a deadline mid-generation.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from support import wait_until
 
 from model.checkpoint import save_checkpoint
 from model.sora import Sora
@@ -93,21 +92,20 @@ class Served:
     def grpc_records(self) -> list[RequestStats]:
         return [r for r in self.records if r.protocol == "grpc"]
 
-    async def wait_idle(self, timeout: float = 5.0) -> None:
+    async def wait_idle(self) -> None:
         """Until the engine has no running batch and no queue."""
         engine = self.engine
-        deadline = time.monotonic() + timeout
-        while engine._batch is not None or len(engine.scheduler):
-            assert time.monotonic() < deadline, "engine still busy"
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: engine._batch is None and not len(engine.scheduler),
+                         "the engine to be idle")
 
-    async def wait_record(self, timeout: float = 5.0) -> RequestStats:
-        """The first finished gRPC request's stats record."""
-        deadline = time.monotonic() + timeout
-        while not self.grpc_records():
-            assert time.monotonic() < deadline, "no request record"
-            await asyncio.sleep(0.01)
-        return self.grpc_records()[0]
+    async def wait_records(self, n: int = 1) -> list[RequestStats]:
+        """The first `n` finished gRPC requests' stats records."""
+        await wait_until(lambda: len(self.grpc_records()) >= n, f"{n} request records")
+        return self.grpc_records()[:n]
+
+    async def wait_record(self) -> RequestStats:
+        return (await self.wait_records(1))[0]
+
 
 
 def engine_config(**overrides: Any) -> EngineConfig:

@@ -12,8 +12,10 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import Gate, wait_until
 
 from proto.sora.v1 import sora_pb2
+from service.engine.engine import EngineState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,8 +30,9 @@ async def statuses(channel: grpc.aio.Channel) -> set[int]:
     return {r.status for r in replies}
 
 
-async def wait_status(channel: grpc.aio.Channel, want: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_status(channel: grpc.aio.Channel, want: int, limit_s: float = 60.0) -> None:
+    """Until health reads `want` (`limit_s` only bounds a hang, it is no threshold)."""
+    deadline = time.monotonic() + limit_s
     while await statuses(channel) != {want}:
         assert time.monotonic() < deadline, f"health never became {want}"
         await asyncio.sleep(0.02)
@@ -59,20 +62,20 @@ async def test_draining_reads_not_serving_and_calls_are_unavailable(serve: Any) 
     long = sora_pb2.TranslateRequest(texts=["Hello"], target_lang="de",
                                      options=sora_pb2.DecodingOptions(max_new_tokens=300,
                                                                       ignore_eos=True))
-    in_flight = asyncio.ensure_future(stub.Translate(long))
-    while served.engine._batch is None:
-        await asyncio.sleep(0.005)
-    drain = asyncio.ensure_future(served.registry.drain(10.0))
-    await asyncio.sleep(0)
-    with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.Translate(sora_pb2.TranslateRequest(texts=["Hi"], target_lang="de"))
-    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "draining" in (e.value.details() or "")
+    with Gate(served.engine.runner, "step"):  # in flight until the drain has begun
+        in_flight = asyncio.ensure_future(stub.Translate(long))
+        await wait_until(lambda: served.engine._batch is not None, "the request running")
+        drain = asyncio.ensure_future(served.registry.drain(10.0))
+        await wait_until(lambda: served.engine.state is EngineState.DRAINING, "the drain")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.Translate(sora_pb2.TranslateRequest(texts=["Hi"], target_lang="de"))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in (e.value.details() or "")
     reply = await in_flight
     assert reply.results[0].usage.completion_tokens == 300
     await drain
     served.server.set_serving(True)  # the registry is not ready: still NOT_SERVING
-    await asyncio.sleep(0.1)
+    await served.server.update_health()  # what the health follower publishes on the change
     assert await statuses(channel) == {NOT_SERVING}
 
 
@@ -83,10 +86,14 @@ async def test_stop_with_grace_lets_calls_in_flight_finish(serve: Any) -> None:
         texts=["Hello"], target_lang="de",
         options=sora_pb2.DecodingOptions(max_new_tokens=200, ignore_eos=True),
     )
-    in_flight = asyncio.ensure_future(stub.Translate(request))
-    while served.engine._batch is None:
-        await asyncio.sleep(0.005)
-    await served.server.stop(grace=10.0)
+    with Gate(served.engine.runner, "step"):  # in flight until the stop has begun
+        in_flight = asyncio.ensure_future(stub.Translate(request))
+        await wait_until(lambda: served.engine._batch is not None, "the request running")
+        stop = asyncio.ensure_future(served.server.stop(grace=10.0))
+        # The health task is gone right before stop() calls the server's stop(grace).
+        await wait_until(lambda: served.server._stopping and served.server._health_task is None,
+                         "the stop")
+    await stop
     reply = await in_flight
     assert reply.results[0].usage.completion_tokens == 200
     with pytest.raises(grpc.aio.AioRpcError) as e:

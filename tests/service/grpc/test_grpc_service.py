@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from support import Gate, wait_until
 
 from model.sampling import DecodingParams
 from proto.sora.v1 import sora_pb2
@@ -27,9 +28,14 @@ def trailing(err: grpc.aio.AioRpcError) -> dict[str, Any]:
 
 async def test_translate_several_texts_match_single_engine_calls(serve: Any) -> None:
     served = await serve()
-    reply = await served.stub().Translate(
-        sora_pb2.TranslateRequest(texts=TEXTS, target_lang="de", options=GREEDY)
-    )
+    engine = served.engine
+    # Engine steps wait until the call's texts are all queued: the servicer submits them
+    # before awaiting any, but an engine step could otherwise admit the first alone.
+    with Gate(engine, "step"):
+        call = asyncio.ensure_future(served.stub().Translate(
+            sora_pb2.TranslateRequest(texts=TEXTS, target_lang="de", options=GREEDY)))
+        await wait_until(lambda: len(engine.scheduler) == len(TEXTS), "the texts queued")
+    reply = await call
     steps = list(served.steps)  # before the single calls below add their own
     assert len(reply.results) == len(TEXTS)
     assert (reply.model, reply.version) == ("tiny", "1")
@@ -154,10 +160,14 @@ async def test_overload_is_resource_exhausted_with_retry_after(serve: Any) -> No
     metrics = Metrics()
     served = await serve({"max_waiting": 1, "max_batch_sequences": 1}, metrics=metrics)
     stub = served.stub()
+    engine = served.engine
     request = sora_pb2.TranslateRequest(texts=["Hello"], target_lang="de", options=LONG)
-    outcomes = await asyncio.gather(
-        *(stub.Translate(request, timeout=20) for _ in range(4)), return_exceptions=True
-    )
+    # The one row stays busy until every call is either accepted or refused.
+    with Gate(engine.runner, "step"):
+        calls = [asyncio.ensure_future(stub.Translate(request, timeout=60)) for _ in range(4)]
+        await wait_until(lambda: engine.running + engine.waiting
+                         + sum(c.done() for c in calls) == len(calls), "all calls answered")
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
     errors = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert errors and len(errors) < len(outcomes)
     for err in errors:
@@ -169,8 +179,8 @@ async def test_overload_is_resource_exhausted_with_retry_after(serve: Any) -> No
 
 async def test_client_deadline_is_the_engine_timeout(serve: Any) -> None:
     served = await serve()
-    with pytest.raises(grpc.aio.AioRpcError) as e:
-        await served.stub().Translate(
+    with Gate(served.engine.runner, "step"), pytest.raises(grpc.aio.AioRpcError) as e:
+        await served.stub().Translate(  # held: it cannot finish before the deadline
             sora_pb2.TranslateRequest(texts=["Hello"], target_lang="de", options=LONG),
             timeout=0.2,
         )
@@ -183,13 +193,15 @@ async def test_client_deadline_is_the_engine_timeout(serve: Any) -> None:
 
 async def test_cancelled_stream_frees_the_engine_rows(serve: Any) -> None:
     served = await serve()
-    call = served.stub().GenerateStream(sora_pb2.GenerateStreamRequest(
-        task=sora_pb2.TASK_TRANSLATE, text="Hello", target_lang="de", options=LONG,
-    ))
-    first = await call.read()
-    assert first.text or first.tokens
-    assert served.engine._batch is not None  # decoding for us right now
-    call.cancel()
+    # Decode steps wait once 8 tokens are out (the stream has text by then).
+    with Gate(served.engine.runner, "step", lambda b: int(b.n_generated.max()) >= 8):
+        call = served.stub().GenerateStream(sora_pb2.GenerateStreamRequest(
+            task=sora_pb2.TASK_TRANSLATE, text="Hello", target_lang="de", options=LONG,
+        ))
+        first = await call.read()
+        assert first.text or first.tokens
+        assert served.engine._batch is not None  # decoding for us right now
+        call.cancel()
     record = await served.wait_record()
     assert record.outcome == "cancelled"
     assert record.generated_tokens < 500
@@ -200,14 +212,13 @@ async def test_cancelled_stream_frees_the_engine_rows(serve: Any) -> None:
 
 async def test_cancelled_unary_call_cancels_its_jobs(serve: Any) -> None:
     served = await serve()
-    call = served.stub().Summarize(sora_pb2.SummarizeRequest(texts=TEXTS, options=LONG))
-    while served.engine._batch is None:
-        await asyncio.sleep(0.005)
-    call.cancel()
+    with Gate(served.engine.runner, "step"):  # running, unfinished, when cancelled
+        call = served.stub().Summarize(sora_pb2.SummarizeRequest(texts=TEXTS, options=LONG))
+        await wait_until(lambda: served.engine._batch is not None, "the jobs running")
+        call.cancel()
     await served.wait_idle()
-    await asyncio.sleep(0.05)
-    records = served.grpc_records()
-    assert len(records) == len(TEXTS)
+    records = await served.wait_records(len(TEXTS))
+    assert len(served.grpc_records()) == len(TEXTS)
     assert {r.outcome for r in records} == {"cancelled"}
 
 

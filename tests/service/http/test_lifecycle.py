@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support import wait_for
+from support import Gate, wait_for, wait_until
 
 from service.config import Settings
 from service.engine.registry import ModelRegistry
@@ -118,6 +118,12 @@ async def _raw_post(port: int, body: dict[str, Any]) -> tuple[asyncio.StreamRead
     return reader, writer
 
 
+def _cancelled_in_batch(srv: Any) -> bool:
+    """The running request has been cancelled (it leaves the batch at the next step)."""
+    return any(s.job.cancelled for e in srv.registry.engines() if e._batch is not None
+               for s in e._batch.unique_seqs())
+
+
 def _cancelled_count(srv: Any) -> float:
     value = srv.metrics.registry.get_sample_value(
         "sora_requests_total",
@@ -128,15 +134,13 @@ def _cancelled_count(srv: Any) -> float:
 
 async def test_client_disconnect_cancels_the_request(start_server: Any) -> None:
     srv = start_server(grpc_enabled=False)
-    with srv.paused() as gate:
+    with srv.paused():
         _, writer = await _raw_post(srv.server.http_port, LONG)
-        while srv.running() != 1:
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: srv.running() == 1, "the request running")
         writer.close()  # the client goes away mid-generation
-        await asyncio.sleep(0.05)
-        gate.set()
-    while srv.running() or _cancelled_count(srv) < 1:
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: _cancelled_in_batch(srv), "the server to cancel it")
+    await wait_until(lambda: not srv.running() and _cancelled_count(srv) >= 1,
+                     "the cancelled row to leave the batch")
     assert _cancelled_count(srv) == 1
     async with httpx.AsyncClient(base_url=srv.http_url) as c:
         exposition = (await c.get("/metrics")).text
@@ -146,10 +150,15 @@ async def test_client_disconnect_cancels_the_request(start_server: Any) -> None:
 
 async def test_client_disconnect_cancels_a_stream(start_server: Any) -> None:
     srv = start_server(grpc_enabled=False)
-    reader, writer = await _raw_post(srv.server.http_port, {**LONG, "stream": True})
-    head = await reader.readuntil(b"data:")  # a first token arrived: it is running
-    assert b"200 OK" in head
-    writer.close()
-    while srv.running() or _cancelled_count(srv) < 1:
-        await asyncio.sleep(0.01)
+    [engine] = srv.registry.engines()
+    # Decode steps wait once 8 tokens are out (the stream has sent text by then), so the
+    # request is still running when the client goes away.
+    with Gate(engine.runner, "step", lambda b: int(b.n_generated.max()) >= 8):
+        reader, writer = await _raw_post(srv.server.http_port, {**LONG, "stream": True})
+        head = await reader.readuntil(b"data:")  # a first token arrived: it is running
+        assert b"200 OK" in head
+        writer.close()
+    # A stream learns of the disconnect when it writes its next token; 242 are left.
+    await wait_until(lambda: not srv.running() and _cancelled_count(srv) >= 1,
+                     "the cancelled row to leave the batch")
     assert _cancelled_count(srv) == 1

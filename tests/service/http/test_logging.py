@@ -8,8 +8,11 @@ import logging
 from typing import Any
 
 import httpx
+from starlette.types import Message
 
 from service.http.logs import JsonFormatter, RequestIdFilter, request_id_var
+from service.http.middleware import RequestContextMiddleware
+from service.metrics import Metrics
 
 
 class Collect(logging.Handler):
@@ -23,6 +26,7 @@ class Collect(logging.Handler):
 
 
 def test_request_lines_carry_the_request_id(server: Any) -> None:
+    # No waiting: the middleware writes the access line before the response's last byte.
     handler = Collect()
     root = logging.getLogger()
     old_level = root.level
@@ -41,6 +45,41 @@ def test_request_lines_carry_the_request_id(server: Any) -> None:
     assert any("POST /v1/translate 200" in r.getMessage() for r in mine)
     text = "\n".join(r.getMessage() for r in handler.records)
     assert "secret text body" not in text and "key-must-not-leak" not in text
+
+
+async def test_access_line_and_count_come_before_the_last_body_chunk() -> None:
+    """So a client holding the whole response finds both: no test (or user) has to wait."""
+    metrics = Metrics()
+    handler = Collect()
+    access = logging.getLogger("sora.access")
+    old_level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    seen: list[tuple[bool, int, float | None]] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            count = metrics.registry.get_sample_value(
+                "sora_http_requests_total", {"route": "unmatched", "code": "201"})
+            seen.append((message.get("more_body", False), len(handler.records), count))
+
+    try:
+        await RequestContextMiddleware(app, metrics)(
+            {"type": "http", "method": "GET", "path": "/x", "headers": []}, receive, send)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old_level)
+    assert seen == [(True, 0, None), (False, 1, 1.0)]
+    assert handler.records[0].getMessage().startswith("GET /x 201 ")
 
 
 def test_json_format() -> None:
