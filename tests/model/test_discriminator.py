@@ -47,7 +47,7 @@ def test_generate_with_rerank_outputs_the_discriminators_favourite(
     params = DecodingParams(strategy="beam", beam_size=4, num_return_sequences=4,
                             max_new_tokens=8, rerank=True)
     sources = [tok.source_ids("translate", s, target_lang="de") for s in SOURCES]
-    reranked = generate(tiny_model, tok, sources, params, disc)
+    reranked = generate(tiny_model, tok, sources, params, discriminator=disc)
     plain = generate(tiny_model, tok, sources, DecodingParams(strategy="beam", beam_size=4,
                                                               max_new_tokens=8))
     moved = 0
