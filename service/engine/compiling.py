@@ -5,16 +5,21 @@ hands the result to the engine, whose thread installs it between two steps. The 
 is kept from starving serving: inductor builds one kernel at a time (compile_threads=1,
 no pool of compiler processes), the kernels it writes still use the engine's thread
 count, and the thread and the C++ compilers it starts run at a lower CPU priority.
+Both threads need the GIL (tracing and lowering are Python): each time the engine
+thread's torch op returns it waits for the compiling thread to let go of it, up to
+Python's switch interval per op, so the interval is shortened while compiling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -25,6 +30,12 @@ log = logging.getLogger(__name__)
 # How much the compiling thread (and every compiler it starts) yields the CPU: a nice
 # value added to the server's.
 COMPILE_NICENESS = 10
+# Python's switch interval while a compile runs (default 5 ms): how long the engine
+# thread may wait for the GIL after each torch op.
+COMPILE_SWITCH_INTERVAL_S = 0.0002
+_compiling = 0  # background compiles running (each model compiles on its own thread)
+_saved_interval = 0.0  # the switch interval before the first of them
+_compiling_lock = threading.Lock()
 
 
 class CompileState(enum.Enum):
@@ -48,7 +59,9 @@ def start_background_compile(model: Sora, name: str, done: Callable[[Outcome], N
         _lower_priority()
         start = time.perf_counter()
         try:
-            with inductor.patch({"compile_threads": 1, "cpp.threads": threads}):
+            with _short_switch_interval(), inductor.patch(
+                {"compile_threads": 1, "cpp.threads": threads}
+            ):
                 steps = model.compiled_steps()
         except Exception as e:
             done(e)
@@ -58,6 +71,24 @@ def start_background_compile(model: Sora, name: str, done: Callable[[Outcome], N
         done(steps)
 
     threading.Thread(target=run, name=f"compile-{name}", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _short_switch_interval() -> Iterator[None]:
+    """COMPILE_SWITCH_INTERVAL_S while any background compile runs, then the default."""
+    global _compiling, _saved_interval
+    with _compiling_lock:
+        if _compiling == 0:
+            _saved_interval = sys.getswitchinterval()
+            sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
+        _compiling += 1
+    try:
+        yield
+    finally:
+        with _compiling_lock:
+            _compiling -= 1
+            if _compiling == 0:
+                sys.setswitchinterval(_saved_interval)
 
 
 def _lower_priority() -> None:

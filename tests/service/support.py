@@ -1,11 +1,17 @@
-"""Helpers shared by the service tests: Server-Sent Events parsing and polling."""
+"""Helpers shared by the service tests: Server-Sent Events parsing, polling, and a
+background compile held until the test lets it land."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
+
+from model.sora import CompiledSteps, Sora
 
 
 def parse_sse(body: str) -> list[tuple[str, Any]]:
@@ -31,3 +37,26 @@ def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 30.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+HANG_S = 900.0  # only bounds a hang (a cold compile on 2 busy cores): no threshold
+
+
+class HeldCompile:
+    """Sora.compiled_steps, run for real, whose result is handed to the engine only once
+    `release` is set: the test decides where in its load the swap lands."""
+
+    def __init__(self) -> None:
+        self.built = threading.Event()
+        self.release = threading.Event()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = Sora.compiled_steps
+
+        def held(model: Sora) -> CompiledSteps:
+            steps = real(model)
+            self.built.set()
+            self.release.wait(HANG_S)
+            return steps
+
+        monkeypatch.setattr(Sora, "compiled_steps", held)

@@ -21,30 +21,7 @@ from service.engine import EngineConfig
 from service.engine.compiling import CompileState
 from service.engine.stats import RequestStats, StepStats
 from tests.model.test_compiled_model import needs_compiler
-
-HANG_S = 900.0  # only bounds a hang (a cold compile on 2 busy cores): no threshold
-
-
-class HeldCompile:
-    """Sora.compiled_steps, run for real, whose result is handed to the engine only once
-    `release` is set: the test decides where in its load the swap lands."""
-
-    def __init__(self) -> None:
-        self.built = threading.Event()
-        self.release = threading.Event()
-        self.calls = 0
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = Sora.compiled_steps
-
-        def held(model: Sora) -> CompiledSteps:
-            self.calls += 1
-            steps = real(model)
-            self.built.set()
-            self.release.wait(HANG_S)
-            return steps
-
-        monkeypatch.setattr(Sora, "compiled_steps", held)
+from tests.service.support import HANG_S, HeldCompile
 
 
 @pytest.fixture
@@ -77,30 +54,30 @@ async def test_swap_under_load_changes_no_output(
     # The warm-up compiled every graph: the engine thread must not compile again.
     torch.compiler.set_stance("fail_on_recompile")
 
-    # Hold the engine thread after its third decode step until the compiled steps are
-    # handed over: the next step boundary swaps them in with the long rows running.
+    # Hold the engine thread after the first decode step that has the long rows running,
+    # until the compiled steps are handed over: the next step boundary swaps them in
+    # while those rows are mid-decode (they have 60 tokens to go).
+    long_ids: set[str] = set()
     in_flight: set[str] = set()
-    decodes = 0
 
     def hold(record: RequestStats | StepStats) -> None:
-        nonlocal decodes
-        if isinstance(record, StepStats) and record.kind == "decode":
-            decodes += 1
-            if decodes == 3:
-                in_flight.update(running_jobs(engine))
-                held.release.set()
-                while engine._compile_outcome is None:  # the compiling thread's hand-over
-                    time.sleep(0.001)
+        if (isinstance(record, StepStats) and record.kind == "decode" and long_ids
+                and not held.release.is_set() and long_ids <= running_jobs(engine)):
+            in_flight.update(running_jobs(engine))
+            held.release.set()
+            while engine._compile_outcome is None:  # the compiling thread's hand-over
+                time.sleep(0.001)
 
     engine.add_listener(hold)
     first = [engine.submit(inp, p) for inp, p in requests[:20]]
+    long_ids.update(j.id for j in first[:4])
     await asyncio.to_thread(engine.compile_settled.wait, HANG_S)
     assert engine.compile_state is CompileState.COMPILED and engine.compiled
     assert model._compiled_decode is not None and model._compiled_encode is not None
     # Requests after the swap run compiled, alongside the ones that straddle it.
     later = [engine.submit(inp, p) for inp, p in requests[20:]]
     done = await asyncio.gather(*(j.result() for j in first + later))
-    assert {j.id for j in first[:4]} <= in_flight  # the long rows ran through the swap
+    assert long_ids <= in_flight  # the long rows ran through the swap
     for i, (completion, ref) in enumerate(zip(done, refs, strict=True)):
         assert_same(completion, ref, i)
 
