@@ -33,9 +33,9 @@ COMPILE_NICENESS = 10
 # Python's switch interval while a compile runs (default 5 ms): how long the engine
 # thread may wait for the GIL after each torch op.
 COMPILE_SWITCH_INTERVAL_S = 0.0002
-_compiling = 0  # background compiles running (each model compiles on its own thread)
-_saved_interval = 0.0  # the switch interval before the first of them
-_compiling_lock = threading.Lock()
+# Models compile one after another: one compiling thread's worth of CPU at a time, and
+# the process-wide settings below are never changed by two threads at once.
+_one_at_a_time = threading.Lock()
 
 
 class CompileState(enum.Enum):
@@ -59,7 +59,7 @@ def start_background_compile(model: Sora, name: str, done: Callable[[Outcome], N
         _lower_priority()
         start = time.perf_counter()
         try:
-            with _short_switch_interval(), inductor.patch(
+            with _one_at_a_time, _switch_interval(COMPILE_SWITCH_INTERVAL_S), inductor.patch(
                 {"compile_threads": 1, "cpp.threads": threads}
             ):
                 steps = model.compiled_steps()
@@ -74,21 +74,13 @@ def start_background_compile(model: Sora, name: str, done: Callable[[Outcome], N
 
 
 @contextlib.contextmanager
-def _short_switch_interval() -> Iterator[None]:
-    """COMPILE_SWITCH_INTERVAL_S while any background compile runs, then the default."""
-    global _compiling, _saved_interval
-    with _compiling_lock:
-        if _compiling == 0:
-            _saved_interval = sys.getswitchinterval()
-            sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
-        _compiling += 1
+def _switch_interval(seconds: float) -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
     try:
         yield
     finally:
-        with _compiling_lock:
-            _compiling -= 1
-            if _compiling == 0:
-                sys.setswitchinterval(_saved_interval)
+        sys.setswitchinterval(previous)
 
 
 def _lower_priority() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from test_engine_batching import mixed_request
 from model.sampling import DecodingParams
 from model.sora import CompiledSteps, Sora
 from service.engine import EngineConfig
-from service.engine.compiling import CompileState
+from service.engine.compiling import COMPILE_SWITCH_INTERVAL_S, CompileState
 from service.engine.stats import RequestStats, StepStats
 from tests.model.test_compiled_model import needs_compiler
 from tests.service.support import HANG_S, HeldCompile
@@ -41,6 +42,7 @@ def fail_on_recompile() -> Iterator[None]:
 async def test_swap_under_load_changes_no_output(
     make_engine: MakeEngine, held: HeldCompile, fail_on_recompile: None
 ) -> None:
+    interval = sys.getswitchinterval()
     engine = await make_engine(compile="background")
     model = engine.runner.model
     assert engine.ready and engine.compile_state is CompileState.COMPILING
@@ -51,6 +53,7 @@ async def test_swap_under_load_changes_no_output(
     requests[:4] = [(inp, long) for inp, _ in requests[:4]]
     refs = [solo(engine, inp, p) for inp, p in requests]  # eager, before any swap
     await asyncio.to_thread(held.built.wait, HANG_S)
+    assert sys.getswitchinterval() == COMPILE_SWITCH_INTERVAL_S  # while it compiles
     # The warm-up compiled every graph: the engine thread must not compile again.
     torch.compiler.set_stance("fail_on_recompile")
 
@@ -78,6 +81,7 @@ async def test_swap_under_load_changes_no_output(
     later = [engine.submit(inp, p) for inp, p in requests[20:]]
     done = await asyncio.gather(*(j.result() for j in first + later))
     assert long_ids <= in_flight  # the long rows ran through the swap
+    assert sys.getswitchinterval() == interval
     for i, (completion, ref) in enumerate(zip(done, refs, strict=True)):
         assert_same(completion, ref, i)
 
@@ -92,8 +96,10 @@ async def test_failed_compile_keeps_serving_eagerly(
     # Compiling applies here whatever this machine has installed.
     monkeypatch.setattr("service.engine.engine.compile_skipped", lambda *a: None)
     caplog.set_level(logging.INFO, logger="service.engine")
+    interval = sys.getswitchinterval()
     engine = await make_engine(compile="background")
     await asyncio.to_thread(engine.compile_settled.wait, HANG_S)
+    assert sys.getswitchinterval() == interval
     assert engine.compile_state is CompileState.FAILED and not engine.compiled
     assert engine.runner.model._compiled_decode is None
     assert ("model tiny: compiling failed, serving eagerly: RuntimeError: no C++ compiler "
