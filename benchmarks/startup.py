@@ -139,7 +139,7 @@ def throughput_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(format_table([rows[-1]]), file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="sora-compile-cache-") as tmp:
-        cache = Path(tmp)
+        cache = args.cache_dir or Path(tmp)
         with serve(args.model_repository, cache, "off", args.threads, args.timeout) as srv:
             measure("eager (off)", srv.url, args.duration)
         with serve(args.model_repository, cache, "background", args.threads,
@@ -163,13 +163,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-repository", type=Path, default=Path("checkpoints/sora-default"))
-    p.add_argument("--runs", type=int, default=3, help="cold+cached pairs (medians over them)")
+    p.add_argument("--runs", type=int, default=3,
+                   help="cold+cached pairs (medians over them); 0: --throughput only")
     p.add_argument("--compile", choices=["background", "off"], default="background",
                    help="off: time to ready of an eager server alone")
     p.add_argument("--threads", type=int, default=0, help="the server's torch threads (0: all)")
     p.add_argument("--timeout", type=float, default=900.0, help="per start, seconds")
     p.add_argument("--throughput", action="store_true",
                    help="also: throughput after the swap vs compile=wait")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="--throughput's compile cache (default: a fresh one)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--requests", type=int, default=512)
     p.add_argument("--duration", type=float, default=60.0, help="seconds per level at most")
@@ -177,14 +180,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds of load while the background compile runs")
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be >= 1")
+    if args.runs < 0 or (args.runs == 0 and not args.throughput):
+        p.error("--runs must be >= 1, or 0 with --throughput")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(format_table(startup_rows(args)))
+    if args.runs:
+        print(format_table(startup_rows(args)))
     if args.throughput:
         print(format_table(throughput_rows(args)))
     return 0

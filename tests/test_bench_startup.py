@@ -15,7 +15,7 @@ def test_defaults_and_validation() -> None:
     assert args.model_repository == Path("checkpoints/sora-default")
     assert (args.runs, args.compile, args.throughput) == (3, "background", False)
     with pytest.raises(SystemExit):
-        parse_args(["--runs", "0"])
+        parse_args(["--runs", "0"])  # without --throughput: nothing to do
     assert median([3.0, None, 1.0, 2.0]) == 2.0 and median([None]) is None
 
 
