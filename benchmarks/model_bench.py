@@ -112,7 +112,7 @@ def with_precision(model: Sora, precision: str) -> Sora:
     if precision == "bfloat16":
         return copy.to(torch.bfloat16)
     return prepare_for_inference(copy, quantize=precision == "int8",
-                                 compile="on" if precision == "float32-compiled" else "off")
+                                 compile="wait" if precision == "float32-compiled" else "off")
 
 
 class _NoText:
