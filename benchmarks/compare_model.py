@@ -18,7 +18,8 @@ own, Sora and CTranslate2 in alternation (each repeat times every engine once, s
 drift hits them alike; Hugging Face, much slower, runs after them); fp32 by default, and
 `--sora-precisions float32,bfloat16,int8 --ct2-compute float32,int8` also compares each
 engine's faster CPU modes (CTranslate2 has no bf16 on CPU; Sora's bf16 needs AMX or
-AVX512-BF16 to be fast).
+AVX512-BF16 to be fast). `--device cuda` runs Sora and Hugging Face on a GPU
+(`scripts/gpu_check.sh` does, with `--engines sora,hf`).
 """
 
 from __future__ import annotations
@@ -130,23 +131,26 @@ def ct2_run(model_dir: Path, threads: int, compute_type: str, new_tokens: int) -
     return run
 
 
-def sora_run(shape: BenchShape, precision: str, new_tokens: int) -> Run:
-    return greedy_run(with_precision(build_model(shape), precision), new_tokens)
+def sora_run(shape: BenchShape, precision: str, new_tokens: int, device: str = "cpu") -> Run:
+    return greedy_run(with_precision(build_model(shape), precision, device), new_tokens)
 
 
-def hf_run(model: object, new_tokens: int) -> Run:
+def hf_run(model: object, new_tokens: int, device: str = "cpu") -> Run:
+    model = model.to(device)  # type: ignore[attr-defined]
+
     def run(chunk: list[list[int]]) -> object:
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), HF_PAD, dtype=torch.long)
         for i, s in enumerate(chunk):
             ids[i, : len(s)] = torch.tensor(s)
+        ids = ids.to(device)
         with torch.inference_mode():
             out = model.generate(  # type: ignore[attr-defined]
                 input_ids=ids, attention_mask=ids != HF_PAD, do_sample=False, num_beams=1,
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
             )
         assert out.shape[1] == new_tokens + 1, out.shape  # decoder start + new tokens
-        return out
+        return out.cpu()  # waits for the device, as Sora's token lists do
 
     return run
 
@@ -202,6 +206,8 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where Sora and Hugging Face run (cpu, cuda); CTranslate2 runs on CPU")
     p.add_argument("--engines", default="sora,ct2,hf")
     p.add_argument("--sora-precisions", default="float32",
                    help=f"comma-separated, of {', '.join(PRECISIONS)}")
@@ -221,23 +227,25 @@ def main() -> int:
     shape = SHAPES[args.shape]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     engines = args.engines.split(",")
-    reference = CT2_COMPUTE[ct2_compute[0]] if "ct2" in engines else None
+    # Ratios to CTranslate2 where it runs, else to Sora's first precision.
+    reference = (CT2_COMPUTE[ct2_compute[0]] if "ct2" in engines
+                 else PRECISIONS[sora_precisions[0]] if "sora" in engines else None)
     # Ids from 4 up: every engine reads them as plain tokens (M2M100 reserves 0-3).
     sources = make_sources(shape, args.num_sources, seed=0, first_id=4)
     print(f"shape {args.shape}: {shape}")
     print(f"{len(sources)} sources, {args.new_tokens} new tokens each, greedy, "
-          f"{args.threads} threads, median of {args.repeats} (HF fp32: first "
+          f"on {args.device}, {args.threads} threads, median of {args.repeats} (HF fp32: first "
           f"{args.hf_num_sources}); Sora {args.sora_precisions}, CTranslate2 {args.ct2_compute}")
 
     results: list[BenchResult] = []
     makers: dict[str, Callable[[], Run]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
-        hf_model = build_hf(shape, hf_dir)
+        hf_model = build_hf(shape, hf_dir) if {"hf", "ct2"} & set(engines) else None
         if "sora" in engines:
             for precision in sora_precisions:
                 makers[PRECISIONS[precision]] = functools.partial(
-                    sora_run, shape, precision, args.new_tokens
+                    sora_run, shape, precision, args.new_tokens, args.device
                 )
         if "ct2" in engines:
             import ctranslate2
@@ -250,7 +258,7 @@ def main() -> int:
         results += time_interleaved(makers, sources, sizes, args.new_tokens, args.threads,
                                     args.repeats)
         if "hf" in engines:
-            hf = hf_run(hf_model, args.new_tokens)
+            hf = hf_run(hf_model, args.new_tokens, args.device)
             for bs in sizes:
                 results.append(BenchResult(
                     "hf", bs, args.hf_num_sources * args.new_tokens,

@@ -88,7 +88,7 @@ def build_model(shape: BenchShape, seed: int = 0) -> Sora:
 # Precisions the CPU benchmarks compare: what `sora serve --dtype/--quantize-int8/--compile`
 # runs, and the engine name each one's results carry.
 PRECISIONS = {"float32": "sora", "float32-compiled": "sora-compiled", "bfloat16": "sora-bf16",
-              "int8": "sora-int8"}
+              "bfloat16-compiled": "sora-bf16-compiled", "int8": "sora-int8"}
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -99,20 +99,20 @@ def parse_precisions(text: str) -> list[str]:
     return values
 
 
-def with_precision(model: Sora, precision: str) -> Sora:
-    """A copy of `model` in `precision`, laid out as the engine serves it: float32
-    (decoder weights column-major), float32-compiled (the same, encoder and decode
-    steps through torch.compile; compiled and warmed up here, before any timing),
-    bfloat16 (fast where the CPU has AMX / AVX512-BF16) or int8 (dynamic quantization of
-    the linear layers)."""
+def with_precision(model: Sora, precision: str, device: str = "cpu") -> Sora:
+    """A copy of `model` on `device` in `precision`, laid out as the engine serves it:
+    float32 (on CPU, decoder weights column-major), bfloat16 (fast where the CPU has AMX
+    / AVX512-BF16, and on GPUs), either one `-compiled` (encoder and decode steps through
+    torch.compile; compiled and warmed up here, before any timing), or int8 (dynamic
+    quantization of the linear layers, CPU only)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     copy = Sora(model.config).eval()
     copy.load_state_dict(model.state_dict())
-    if precision == "bfloat16":
-        return copy.to(torch.bfloat16)
+    dtype = torch.bfloat16 if precision.startswith("bfloat16") else torch.float32
+    copy = copy.to(device=device, dtype=dtype)
     return prepare_for_inference(copy, quantize=precision == "int8",
-                                 compile="wait" if precision == "float32-compiled" else "off")
+                                 compile="wait" if precision.endswith("-compiled") else "off")
 
 
 class _NoText:

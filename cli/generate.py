@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--task", choices=["translate", "summarize", "answer"], default="translate")
     p.add_argument("--target-lang", default=None, help="translate: target language code")
+    p.add_argument("--source-lang", default=None,
+                   help="translate: source language code, for models that need it (T5)")
     p.add_argument("--context", default=None, help="answer: the passage to answer from")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -47,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
         device, dtype = resolve_device(args.device, args.dtype)
         ckpt = load_checkpoint(args.checkpoint, device, dtype)
         sources = [
-            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context) for t in texts
+            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context,
+                                      args.source_lang)
+            for t in texts
         ]
+        # NLLB/M2M100: the target language's code is the first output token.
+        forced = [ckpt.tokenizer.forced_ids(args.task, args.target_lang)] * len(texts)
         mode = compile_mode(args.compile)
         if mode == "background":  # nothing runs after generating: compile first or never
             mode = "off" if compile_skipped(device, dtype, args.quantize) else "wait"
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for r in generate(model, ckpt.tokenizer, sources, params):
+    for r in generate(model, ckpt.tokenizer, sources, params, forced):
         if args.verbose:
             print(f"{r.text}\t[{r.finish_reason}, logprob {r.logprob:.3f}]")
         else:

@@ -14,6 +14,7 @@ COMMANDS = {
     "inspect": "cli.inspect",
     "serve": "cli.serve",
     "bench": "cli.bench",
+    "import": "cli.import_hf",
     "data": "model.training.data.cli",
     "train": "model.training.cli",
     "eval": "model.training.evaluate_cli",

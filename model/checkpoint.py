@@ -1,10 +1,19 @@
 """The checkpoint directory: the one contract between training and serving.
 
-    config.json        SoraConfig
-    model.safetensors  weights (no pickle anywhere)
-    tokenizer.json     Hugging Face tokenizers file
-    manifest.json      format version, sha256/size of every file, parameter count,
-                       dtype, tasks, languages, provenance and evaluation results
+    config.json            SoraConfig
+    model.safetensors      weights (no pickle anywhere)
+    tokenizer.json         Hugging Face tokenizers file (the source side)
+    target_tokenizer.json  only where the target side tokenizes differently (Marian)
+    manifest.json          format version, sha256/size of every file, parameter count,
+                           dtype, architecture, tasks, languages (language_pairs),
+                           prompting, provenance and evaluation results
+
+Format versions. 2 (written now) adds the architecture fields of SoraConfig
+(norm, positions, ...) and the manifest's `architecture`, `language_pairs` and
+`prompting`. Migration from 1: none on disk. A version-1 checkpoint is read as
+version 2 with every new field at its default, which is Sora's own architecture
+(`architecture` "sora", Sora's task tokens, any pair of its languages), so it loads
+and scores exactly as before; saving it again writes version 2.
 
 Saving writes a temporary sibling directory and renames it into place, so a reader
 never sees a half-written checkpoint. Loading verifies every file before building the
@@ -27,11 +36,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import ConfigError, SoraConfig
+from model.prompting import PromptError, Prompting
 from model.sora import Sora
 from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
+TARGET_TOKENIZER = "target_tokenizer.json"
 MANIFEST = "manifest.json"
 # The checkpoint shipped in the repository: `sora serve`/`generate`/`eval` use it when
 # given none.
@@ -96,9 +108,12 @@ def save_checkpoint(
         }
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save(tmp / "tokenizer.json")
-        for name, data in (extra_files or {}).items():
+        extra_files = dict(extra_files or {})
+        if tokenizer.target is not None:
+            extra_files[TARGET_TOKENIZER] = tokenizer.target.to_str().encode()
+        for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
-        names = [*FILES, *sorted(extra_files or {})]
+        names = [*FILES, *sorted(extra_files)]
         manifest = {
             "format_version": FORMAT_VERSION,
             "files": {
@@ -107,8 +122,11 @@ def save_checkpoint(
             },
             "parameters": model.num_parameters(),
             "dtype": dtype,
+            "architecture": "sora",
             "tasks": list(TASKS),
             "languages": list(LANGUAGES),
+            **({} if tokenizer.prompting.style == "sora"
+               else {"prompting": tokenizer.prompting.to_dict()}),
             **(info or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -151,9 +169,11 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(manifest_path, "missing file")
     manifest = _read_json(manifest_path)
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            manifest_path, f"unknown format version {version!r} (this Sora reads {FORMAT_VERSION})"
+            manifest_path,
+            f"unknown format version {version!r} (this Sora reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})",
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or any(n not in files for n in FILES):
@@ -172,6 +192,23 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> SoraTokenizer:
+    """The checkpoint's tokenizer with its prompting (and target side, if any), from a
+    verified directory: what every caller that turns requests into ids loads."""
+    path = Path(path)
+    try:
+        prompting = Prompting.from_manifest(manifest)
+    except PromptError as e:
+        raise CheckpointError(path / MANIFEST, str(e)) from e
+    target = path / TARGET_TOKENIZER if TARGET_TOKENIZER in manifest.get("files", {}) else None
+    try:
+        return SoraTokenizer.from_file(path / "tokenizer.json", prompting, target)
+    except TokenizerError as e:
+        raise CheckpointError(path / "tokenizer.json", str(e)) from e
+    except Exception as e:  # the tokenizers library raises its own exception types
+        raise CheckpointError(path / "tokenizer.json", f"unreadable tokenizer: {e}") from e
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -184,12 +221,7 @@ def load_checkpoint(
         config = SoraConfig.from_dict(_read_json(path / "config.json"))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(path / "config.json", f"invalid config: {e}") from e
-    try:
-        tokenizer = SoraTokenizer.from_file(path / "tokenizer.json")
-    except TokenizerError as e:
-        raise CheckpointError(path / "tokenizer.json", str(e)) from e
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise CheckpointError(path / "tokenizer.json", f"unreadable tokenizer: {e}") from e
+    tokenizer = load_tokenizer(path, manifest)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             path / "tokenizer.json",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from model.discriminator import Discriminator, rerank
 from model.sampling import DecodingParams, SamplingBatch, choose, constrain
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -41,6 +42,11 @@ class Hypothesis:
     logprob: float
     score: float
     finish_reason: str
+
+    @property
+    def output(self) -> list[int]:
+        """The output's token ids: `tokens` without a closing eos."""
+        return self.tokens[:-1] if self.finish_reason == "eos" else self.tokens
 
 
 @dataclass
@@ -76,11 +82,16 @@ class BeamSearch:
         parents: list[int] = []
         tokens: list[int] = []
         new_scores: list[float] = []
-        for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist(),
+                                                strict=True)):
             if score == float("-inf"):
                 break
             parent, token = divmod(idx, vocab)
             seq = [*self.beams[parent], token]
+            if rank >= k and (token == self.eos_id or step >= self.params.max_new_tokens):
+                # Only the k best candidates may finish (as in fairseq and transformers);
+                # the rest are there to keep k beams alive.
+                continue
             if token == self.eos_id and not self.params.ignore_eos:
                 self.finished.append(
                     Hypothesis(seq, score, self._final_score(score, len(seq)), "eos")
@@ -118,13 +129,48 @@ class BeamSearch:
         return parents, tokens
 
     def best(self) -> Hypothesis:
-        candidates = list(self.finished)
-        if not candidates and self.scores is not None:
-            s = float(self.scores[0])
-            candidates.append(
-                Hypothesis(self.beams[0], s, self._final_score(s, len(self.beams[0])), "length")
-            )
-        return max(candidates, key=lambda h: h.score)
+        return self.nbest(1)[0]
+
+    def nbest(self, n: int) -> list[Hypothesis]:
+        """The `n` best distinct hypotheses, best first: finished ones, then (when too
+        few finished) the live beams as they stand."""
+        ranked = sorted(self.finished, key=lambda h: h.score, reverse=True)
+        if len(ranked) < n and self.scores is not None:
+            for beam, s in zip(self.beams, self.scores.tolist(), strict=True):
+                if s != float("-inf"):
+                    ranked.append(Hypothesis(beam, s, self._final_score(s, len(beam)), "length"))
+        out: list[Hypothesis] = []
+        seen: set[tuple[int, ...]] = set()
+        for h in ranked:
+            key = tuple(h.tokens)
+            if key not in seen:
+                seen.add(key)
+                out.append(h)
+            if len(out) == n:
+                break
+        return out
+
+
+def force_first(logits: Tensor, forced: Tensor) -> Tensor:
+    """The first step's logits (rows, vocab) with each row's forced token (forced: (rows,),
+    -1 for none) the only choice, at log-probability 0: what transformers'
+    forced_bos_token_id does (NLLB/M2M100's target language code)."""
+    rows = (forced >= 0).nonzero().flatten()
+    if not rows.numel():
+        return logits
+    logits = logits.clone()
+    logits[rows] = float("-inf")
+    logits[rows, forced[rows]] = 0.0
+    return logits
+
+
+def _forced(forced: list[list[int]] | None, device: torch.device) -> Tensor | None:
+    """(rows,) each row's forced first token or -1; None when no row has one."""
+    if not forced or not any(forced):
+        return None
+    if any(len(f) > 1 for f in forced):
+        raise ValueError("at most one forced first token per source")
+    return torch.tensor([f[0] if f else -1 for f in forced], device=device)
 
 
 @torch.inference_mode()
@@ -133,12 +179,19 @@ def generate(
     tokenizer: SoraTokenizer,
     sources: list[list[int]],
     params: DecodingParams,
+    forced: list[list[int]] | None = None,
+    discriminator: Discriminator | None = None,
 ) -> list[GenerationResult]:
-    """Decode every source (already tokenized, with task prefix and eos)."""
+    """Decode every source (already tokenized, with task prefix and eos). `forced[i]`:
+    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any.
+    params.rerank: each output is the `discriminator`'s favourite of the beam's n best."""
     if not sources:
         return []
+    if params.rerank and discriminator is None:
+        raise ValueError("rerank: needs a discriminator")
     if params.strategy == "beam":
-        return [_beam(model, tokenizer, src, params) for src in sources]
+        return [_beam(model, tokenizer, src, params, forced[i] if forced else [],
+                      discriminator) for i, src in enumerate(sources)]
     device = model.embed.weight.device
     cfg = model.config
     n = len(sources)
@@ -153,12 +206,15 @@ def generate(
     reason = ["length"] * n
     out_tokens = torch.full_like(generated, cfg.pad_id)
     out_logprob = torch.zeros(n, device=device)
+    first = _forced(forced, device)
     # Every row started together, so all have generated `step` tokens: writes go to one
     # column and the length limit is a host-side check, with no per-row bookkeeping.
     step = 0
     while rows.numel():
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        if step == 0 and first is not None:
+            logits = force_first(logits, first)
         tokens, lp = choose(logits, sampling)
         generated[:, step] = tokens
         if lp is not None:
@@ -197,9 +253,11 @@ def generate(
     ]
 
 
-def _beam(
-    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams
-) -> GenerationResult:
+def beam_nbest(
+    model: Sora, source: list[int], params: DecodingParams, forced: list[int] | None = None
+) -> list[Hypothesis]:
+    """Beam search for one source: its params.num_return_sequences best hypotheses,
+    best first; `forced`: the token every hypothesis starts with, if any."""
     device = model.embed.weight.device
     cfg = model.config
     k = params.beam_size
@@ -212,9 +270,12 @@ def _beam(
     tokens = torch.full((k,), cfg.bos_id, dtype=torch.long, device=device)
     generated = torch.full((k, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     n_gen = torch.zeros(k, dtype=torch.long, device=device)
+    first = _forced([forced or []] * k, device)
     while not search.done:
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
+        if first is not None and not search.beams[0]:
+            logits = force_first(logits, first)
         parents, next_tokens = search.step(logits.log_softmax(dim=-1))
         if search.done:
             break
@@ -224,7 +285,18 @@ def _beam(
         generated[:, int(n_gen[0])] = torch.tensor(next_tokens, device=device)
         n_gen += 1
         tokens = torch.tensor(next_tokens, device=device)
-    best = search.best()
-    ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
+    return search.nbest(params.num_return_sequences)
+
+
+def _beam(
+    model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
+    forced: list[int], discriminator: Discriminator | None,
+) -> GenerationResult:
+    hyps = beam_nbest(model, source, params, forced)
+    outputs = [h.output for h in hyps]
+    pick = 0
+    if params.rerank and discriminator is not None:
+        pick = rerank(discriminator, tokenizer, source, outputs)[0][0]
+    best, ids = hyps[pick], outputs[pick]
     logprob = best.logprob if params.return_logprob else None
     return GenerationResult(ids, tokenizer.decode(ids), logprob, best.finish_reason)

@@ -1,12 +1,13 @@
 """Transformer building blocks: attention, feed-forward, encoder and decoder layers.
 
-Pre-LayerNorm blocks. Attention runs through `scaled_dot_product_attention`; boolean
-masks are True where a key may be attended to.
+The norm, its place around each block and the feed-forward come from `model.variants`
+(chosen once at construction). Attention runs through `scaled_dot_product_attention`;
+a mask is boolean (True where a key may be attended to) or, with T5's relative
+positions, a float bias with -inf where a key may not be attended to.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,16 +17,7 @@ from torch import Tensor, nn
 
 from model.cache import KVCache
 from model.config import SoraConfig
-
-
-def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
-    """(n_positions, dim) fixed positional encodings (Vaswani et al.)."""
-    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(n_positions, dim)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)
-    return table
+from model.variants import RESIDUALS, make_feed_forward, make_norm
 
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -57,8 +49,10 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
     pairs: a compiled batch-64 step ran ~1.25x faster with this than with
     `fused_attention` on CPU. Eager, the separate passes make it the slower one."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
@@ -98,8 +92,9 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
-        self.out = nn.Linear(config.d_model, config.d_model)
+        inner = config.attention_dim
+        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=config.linear_bias)
+        self.out = nn.Linear(inner, config.d_model, bias=config.linear_bias)
 
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
@@ -118,7 +113,9 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(packing.pack(merge_heads(y)))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, attend: Attend) -> Tensor:
+    def step(
+        self, x: Tensor, cache: KVCache, layer: int, mask: Tensor | None, attend: Attend
+    ) -> Tensor:
         """One new token per row: write its key/value at the row's slot, attend to the
         row's slots so far. x: (batch, 1, d_model). With one position, (batch, 1, heads,
         head_dim) and (batch, heads, 1, head_dim) share a memory order, so heads split
@@ -128,7 +125,7 @@ class SelfAttention(nn.Module):
         # (batch, 1, 3 * d_model) -> q, k, v each (batch, heads, 1, head_dim)
         q, k, v = self.qkv(x).view(b, 3, h, 1, -1).unbind(1)
         keys, values = cache.write(layer, k, v)
-        y = attend(q, keys, values, cache.self_mask())
+        y = attend(q, keys, values, mask)
         return self.out(y.reshape(b, 1, -1))
 
 
@@ -139,9 +136,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
-        self.q = nn.Linear(config.d_model, config.d_model)
-        self.kv = nn.Linear(config.d_model, 2 * config.d_model)
-        self.out = nn.Linear(config.d_model, config.d_model)
+        inner = config.attention_dim
+        self.q = nn.Linear(config.d_model, inner, bias=config.linear_bias)
+        self.kv = nn.Linear(config.d_model, 2 * inner, bias=config.linear_bias)
+        self.out = nn.Linear(inner, config.d_model, bias=config.linear_bias)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         k, v = (split_heads(t, self.n_heads) for t in self.kv(memory).chunk(2, dim=-1))
@@ -161,62 +159,58 @@ class CrossAttention(nn.Module):
         return self.out(y.reshape(b, 1, -1))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, config: SoraConfig) -> None:
-        super().__init__()
-        self.up = nn.Linear(config.d_model, config.d_ff)
-        self.down = nn.Linear(config.d_ff, config.d_model)
-        self.act = nn.GELU() if config.activation == "gelu" else nn.ReLU()
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(self.act(self.up(x))))
-
-
 class EncoderLayer(nn.Module):
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.d_model)
+        self.residual = RESIDUALS[config.norm_placement]
+        self.norm1 = make_norm(config)
         self.attn = SelfAttention(config)
-        self.norm2 = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config)
+        self.norm2 = make_norm(config)
+        self.ffn = make_feed_forward(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), mask))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.residual(x, self.norm1, lambda h: self.dropout(self.attn(h, mask)))
+        return self.residual(x, self.norm2, lambda h: self.dropout(self.ffn(h)))
 
     def forward_packed(self, x: Tensor, packing: Packing, mask: Tensor) -> Tensor:
         """forward() on the real tokens only (see SelfAttention.forward_packed)."""
-        x = x + self.dropout(self.attn.forward_packed(self.norm1(x), packing, mask))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.residual(
+            x, self.norm1, lambda h: self.dropout(self.attn.forward_packed(h, packing, mask))
+        )
+        return self.residual(x, self.norm2, lambda h: self.dropout(self.ffn(h)))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.d_model)
+        self.residual = RESIDUALS[config.norm_placement]
+        self.norm1 = make_norm(config)
         self.self_attn = SelfAttention(config)
-        self.norm2 = nn.LayerNorm(config.d_model)
+        self.norm2 = make_norm(config)
         self.cross_attn = CrossAttention(config)
-        self.norm3 = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config)
+        self.norm3 = make_norm(config)
+        self.ffn = make_feed_forward(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
         self, x: Tensor, memory: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None
     ) -> Tensor:
         """Teacher-forced pass over whole target sequences (training, scoring)."""
-        x = x + self.dropout(self.self_attn(self.norm1(x), self_mask, causal=True))
+        drop = self.dropout
+        x = self.residual(x, self.norm1, lambda h: drop(self.self_attn(h, self_mask, causal=True)))
         k, v = self.cross_attn.project_memory(memory)
-        x = x + self.dropout(self.cross_attn(self.norm2(x), k, v, cross_mask))
-        return x + self.dropout(self.ffn(self.norm3(x)))
+        x = self.residual(x, self.norm2, lambda h: drop(self.cross_attn(h, k, v, cross_mask)))
+        return self.residual(x, self.norm3, lambda h: drop(self.ffn(h)))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, attend: Attend) -> Tensor:
-        """Incremental pass for one token per row. x: (batch, 1, d_model)."""
-        x = x + self.self_attn.step(self.norm1(x), cache, layer, attend)
-        x = x + self.cross_attn.step(
-            self.norm2(x), cache.cross_k[layer], cache.cross_v[layer], cache.cross_mask(),
-            attend,
+    def step(
+        self, x: Tensor, cache: KVCache, layer: int, self_mask: Tensor | None, attend: Attend
+    ) -> Tensor:
+        """Incremental pass for one token per row. x: (batch, 1, d_model); self_mask is
+        this step's (see `Sora._decode`)."""
+        x = self.residual(
+            x, self.norm1, lambda h: self.self_attn.step(h, cache, layer, self_mask, attend)
         )
-        return x + self.ffn(self.norm3(x))
+        x = self.residual(x, self.norm2, lambda h: self.cross_attn.step(
+            h, cache.cross_k[layer], cache.cross_v[layer], cache.cross_mask(), attend))
+        return self.residual(x, self.norm3, self.ffn)

@@ -36,6 +36,10 @@ class DecodingParams:
     early_stopping: bool = True
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
     no_repeat_ngram_size: int = 0  # 0 = off
+    num_return_sequences: int = 1  # beam only: the n best hypotheses, up to beam_size
+    # Order those n best by the checkpoint's discriminator (model/discriminator.py), not
+    # by the beam's score; the output is then the discriminator's favourite.
+    rerank: bool = False
     # The sequence log-probability costs a pass over the logits per step (~4% of a
     # batch-64 step); CTranslate2 (`return_scores`) and Hugging Face skip it by default.
     return_logprob: bool = True
@@ -62,6 +66,14 @@ class DecodingParams:
             raise bad("beam_size", "must be between 1 and 16")
         if self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "must be >= 0")
+        if self.num_return_sequences < 1:
+            raise bad("num_return_sequences", "must be >= 1")
+        if self.num_return_sequences > 1 and self.strategy != "beam":
+            raise bad("num_return_sequences", "more than 1 needs strategy beam")
+        if self.strategy == "beam" and self.num_return_sequences > self.beam_size:
+            raise bad("num_return_sequences", "must be at most beam_size")
+        if self.rerank and self.num_return_sequences < 2:
+            raise bad("rerank", "needs num_return_sequences > 1 (the n-best it reorders)")
 
     @property
     def rows(self) -> int:

@@ -1,4 +1,8 @@
-"""The Sora encoder-decoder Transformer: encode() once, decode_step() per token."""
+"""The Sora encoder-decoder Transformer: encode() once, decode_step() per token.
+
+One class for Sora's own models and imported ones (Marian, BART, M2M100, T5): what
+differs between them is chosen once from `SoraConfig` at construction (model.variants,
+model.positions), so the steps below read the same for every family."""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from model.layers import (
     Packing,
     fused_attention,
     matmul_attention,
-    sinusoidal_table,
 )
+from model.positions import RelativeBias, absolute_positions
+from model.variants import make_final_norm, make_norm
 
 # encode() drops the padding of a batch whose real tokens are fewer than this share of it.
 PACK_ABOVE = 0.9
@@ -48,29 +53,41 @@ class ModelOutput:
 
 
 class Sora(nn.Module):
-    pos_table: Tensor  # (positions, d_model) sinusoidal table, a non-persistent buffer
+    logits_bias: Tensor | None  # (vocab,) final_logits_bias, a buffer as in Marian/BART
 
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
-        self.embed_scale = math.sqrt(config.d_model)
-        n_pos = max(config.max_source_positions, config.max_target_positions)
-        self.register_buffer("pos_table", sinusoidal_table(n_pos, config.d_model), persistent=False)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
+        self.source_positions, self.target_positions = absolute_positions(config)
+        # BART's norm after embeddings + positions, one per side.
+        embed_norm = make_norm if config.embedding_norm else (lambda _: nn.Identity())
+        self.source_embed_norm = embed_norm(config)
+        self.target_embed_norm = embed_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(config) for _ in range(config.n_encoder_layers)
         )
-        self.encoder_norm = nn.LayerNorm(config.d_model)
+        self.encoder_norm = make_final_norm(config)
         self.decoder_layers = nn.ModuleList(
             DecoderLayer(config) for _ in range(config.n_decoder_layers)
         )
-        self.decoder_norm = nn.LayerNorm(config.d_model)
+        self.decoder_norm = make_final_norm(config)
+        # T5's relative positions: a bias per stack, which the masks carry into attention.
+        self.encoder_bias: RelativeBias | None = None
+        self.decoder_bias: RelativeBias | None = None
+        if config.positions == "relative":
+            self.encoder_bias = RelativeBias(config, bidirectional=True)
+            self.decoder_bias = RelativeBias(config, bidirectional=False)
         self.lm_head: nn.Linear | None = None
         self._compiled_decode: DecodeStep | None = None
         self._compiled_encode: EncodePacked | None = None
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.register_buffer(
+            "logits_bias", torch.zeros(config.vocab_size) if config.final_logits_bias else None
+        )
         self.apply(self._init_weights)
 
     @staticmethod
@@ -108,14 +125,49 @@ class Sora(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------
 
-    def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
-        return self.dropout(self.embed(ids) * self.embed_scale + self.pos_table[positions])
+    def _embed_source(self, ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.embed(ids) * self.embed_scale + self.source_positions(positions)
+        return self.dropout(self.source_embed_norm(x))
+
+    def _embed_target(self, ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.embed(ids) * self.embed_scale + self.target_positions(positions)
+        return self.dropout(self.target_embed_norm(x))
 
     def output_logits(self, hidden: Tensor) -> Tensor:
-        """Tied (or separate) output projection; softmax is left to the caller."""
-        if self.lm_head is not None:
-            return self.lm_head(hidden)
-        return F.linear(hidden, self.embed.weight)
+        """Tied (or separate) output projection, plus the final logits bias where the
+        model has one; softmax is left to the caller."""
+        weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
+        return F.linear(hidden, weight, self.logits_bias)
+
+    # -- masks: boolean, or a float bias carrying T5's relative positions ---------------
+
+    def source_mask(self, valid: Tensor | None, length: int) -> Tensor | None:
+        """The encoder's self-attention mask for sources of `length` whose real tokens are
+        `valid` (batch, length), or None for unpadded sources."""
+        allowed = None if valid is None else valid[:, None, None, :]
+        if self.encoder_bias is None:
+            return allowed
+        return self.encoder_bias.full(length, length, allowed)
+
+    def target_mask(self, valid: Tensor | None, length: int) -> Tensor | None:
+        """The decoder's teacher-forced self-attention mask (causal), or None when plain
+        causal attention will do."""
+        if valid is None and self.decoder_bias is None:
+            return None
+        allowed = torch.ones(length, length, dtype=torch.bool, device=self.embed.weight.device)
+        allowed = allowed.tril()[None, None]
+        if valid is not None:
+            allowed = allowed & valid[:, None, None, :]
+        if self.decoder_bias is None:
+            return allowed
+        return self.decoder_bias.full(length, length, allowed)
+
+    def step_mask(self, cache: KVCache) -> Tensor | None:
+        """This decode step's self-attention mask: the cache's, with the relative bias of
+        each row's one new query where the model has one."""
+        if self.decoder_bias is None:
+            return cache.self_mask()
+        return self.decoder_bias.step(cache.positions, cache.span, cache.self_mask())
 
     def encode(self, src_ids: Tensor, src_valid: Tensor | None = None) -> Tensor:
         """src_ids: (batch, src_len), right-padded. Returns (batch, src_len, d_model)."""
@@ -127,10 +179,11 @@ class Sora(nn.Module):
         if src_valid is None:
             src_valid = src_ids != self.config.pad_id
         b, t = src_ids.shape
-        x = self._embed(src_ids, torch.arange(t, device=src_ids.device))
+        x = self._embed_source(src_ids, torch.arange(t, device=src_ids.device))
         n_real = int(src_valid.sum())
-        mask = None if n_real == b * t else src_valid[:, None, None, :]
-        if mask is None or n_real > PACK_ABOVE * b * t:
+        padded = n_real != b * t
+        mask = self.source_mask(src_valid if padded else None, t)
+        if mask is None or not padded or n_real > PACK_ABOVE * b * t:
             for layer in self.encoder_layers:
                 x = layer(x, mask)
             return self.encoder_norm(x)
@@ -199,9 +252,10 @@ class Sora(nn.Module):
         return logits
 
     def _decode(self, tokens: Tensor, cache: KVCache, attend: Attend) -> Tensor:
-        x = self._embed(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
+        x = self._embed_target(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
+        mask = self.step_mask(cache)
         for i, layer in enumerate(self.decoder_layers):
-            x = cast(DecoderLayer, layer).step(x, cache, i, attend)
+            x = cast(DecoderLayer, layer).step(x, cache, i, mask, attend)
         return self.output_logits(self.decoder_norm(x[:, 0]))
 
     def compile_for_inference(self) -> Sora:
@@ -286,11 +340,8 @@ class Sora(nn.Module):
             )
         tgt_valid = tgt_ids != pad
         tgt_valid[:, 0] = True  # bos may share pad's id in some vocabularies
-        x = self._embed(tgt_ids, torch.arange(t, device=tgt_ids.device))
-        self_mask = None
-        if not bool(tgt_valid.all()):
-            causal = torch.ones(t, t, dtype=torch.bool, device=tgt_ids.device).tril()
-            self_mask = causal[None, None] & tgt_valid[:, None, None, :]
+        x = self._embed_target(tgt_ids, torch.arange(t, device=tgt_ids.device))
+        self_mask = self.target_mask(None if bool(tgt_valid.all()) else tgt_valid, t)
         cross_mask = None if bool(src_valid.all()) else src_valid[:, None, None, :]
         for layer in self.decoder_layers:
             x = layer(x, memory, self_mask, cross_mask)

@@ -2,6 +2,8 @@
 
 Byte-level means any text (Chinese, emoji, ...) encodes without unknown tokens. The
 task and language tokens are prepended to the source so one model serves every task.
+An imported model keeps its own tokenizer (and Marian a second one for its target
+side) and its own way of turning a task into input (`model.prompting`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from model.prompting import PromptError, Prompting
 
 PAD, BOS, EOS, UNK, MASK, SEP = "<pad>", "<s>", "</s>", "<unk>", "<mask>", "<sep>"
 N_SENTINELS = 16
@@ -30,20 +34,29 @@ class TokenizerError(ValueError):
 
 @dataclass
 class SoraTokenizer:
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer  # the source side (both sides where they are one)
+    prompting: Prompting = field(default_factory=Prompting)
+    # The target side where it tokenizes differently (Marian's target.spm): decodes
+    # outputs and encodes training targets.
+    target: Tokenizer | None = None
     special_ids: dict[str, int] = field(init=False)
     special_id_set: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        # Byte-level pre-tokenizer already maps every byte; no post-processor: Sora adds
-        # its own bos/eos and task prefixes explicitly.
+        # No post-processor: Sora adds bos/eos and task prefixes explicitly (prompting).
         self.tokenizer.post_processor = None
+        if self.target is not None:
+            self.target.post_processor = None
         self.special_ids = {}
-        for tok in SPECIAL_TOKENS:
-            tid = self.tokenizer.token_to_id(tok)
-            if tid is None:
+        if self.prompting.style != "sora":  # an imported model's own special tokens
+            for tid, added in self.tokenizer.get_added_tokens_decoder().items():
+                if added.special:
+                    self.special_ids[added.content] = tid
+        for tok in SPECIAL_TOKENS if self.prompting.style == "sora" else ():
+            found = self.tokenizer.token_to_id(tok)
+            if found is None:
                 raise TokenizerError(f"tokenizer lacks special token {tok!r}")
-            self.special_ids[tok] = tid
+            self.special_ids[tok] = found
         self.special_id_set = frozenset(self.special_ids.values())
 
     # -- construction ------------------------------------------------------------------
@@ -65,8 +78,15 @@ class SoraTokenizer:
         return cls(tok)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> SoraTokenizer:
-        return cls(Tokenizer.from_file(str(path)))
+    def from_file(
+        cls, path: str | Path, prompting: Prompting | None = None, target: str | Path | None = None
+    ) -> SoraTokenizer:
+        """tokenizer.json (and a target side's file, if any) with its prompting."""
+        return cls(
+            Tokenizer.from_file(str(path)),
+            prompting or Prompting(),
+            None if target is None else Tokenizer.from_file(str(target)),
+        )
 
     @classmethod
     def from_str(cls, data: str) -> SoraTokenizer:
@@ -109,6 +129,12 @@ class SoraTokenizer:
             )
         return self.special_ids[LANG_TOKENS[lang]]
 
+    def token_id(self, token: str) -> int:
+        tid = self.tokenizer.token_to_id(token)
+        if tid is None:
+            raise TokenizerError(f"the tokenizer has no token {token!r}")
+        return int(tid)
+
     def sentinel_id(self, i: int) -> int:
         return self.special_ids[SENTINELS[i]]
 
@@ -120,11 +146,18 @@ class SoraTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [list(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_target(self, text: str) -> list[int]:
+        """A target text's ids (training labels), by the target side's tokenizer."""
+        tok = self.target or self.tokenizer
+        return list(tok.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special))
+        tok = self.target or self.tokenizer
+        return str(tok.decode(ids, skip_special_tokens=skip_special))
 
     def decode_batch(self, batch: list[list[int]], skip_special: bool = True) -> list[str]:
-        return list(self.tokenizer.decode_batch(batch, skip_special_tokens=skip_special))
+        tok = self.target or self.tokenizer
+        return list(tok.decode_batch(batch, skip_special_tokens=skip_special))
 
     def source_ids(
         self,
@@ -132,8 +165,32 @@ class SoraTokenizer:
         text: str,
         target_lang: str | None = None,
         context: str | None = None,
+        source_lang: str | None = None,
     ) -> list[int]:
-        """The encoder input for a task: `<task> [<2xx>] text [<sep> context] </s>`."""
+        """The encoder input for a task, as this model's prompting builds it."""
+        try:
+            return self.prompting.source_ids(self, task, text, target_lang, context, source_lang)
+        except PromptError as e:
+            raise TokenizerError(str(e)) from e
+
+    def forced_ids(self, task: str, target_lang: str | None) -> list[int]:
+        """The tokens a model must generate first for this request (NLLB/M2M100's target
+        language code), which generation forces; usually none."""
+        if task != "translate":
+            return []
+        try:
+            return self.prompting.forced_ids(self, target_lang)
+        except PromptError as e:
+            raise TokenizerError(str(e)) from e
+
+    def sora_source_ids(
+        self,
+        task: str,
+        text: str,
+        target_lang: str | None = None,
+        context: str | None = None,
+    ) -> list[int]:
+        """Sora's own encoder input: `<task> [<2xx>] text [<sep> context] </s>`."""
         ids = [self.task_id(task)]
         if task == "translate":
             if target_lang is None:

@@ -7,12 +7,15 @@ PY=${PYTHON:-python3}
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     # Prometheus (promtool + server) for the metrics integration tests, lz4 for data,
-    # docker-compose to validate the compose file, g++ for torch.compile's CPU kernels.
+    # docker-compose to validate the compose file, g++ for torch.compile's CPU kernels,
+    # Chromium and its WebDriver for the playground's browser tests.
     pkgs=()
     if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
         pkgs+=(prometheus lz4 docker-compose)
     fi
     command -v g++ >/dev/null || pkgs+=(g++)
+    command -v chromium >/dev/null || pkgs+=(chromium)
+    command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
     if [ ${#pkgs[@]} -gt 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
     fi

@@ -33,12 +33,12 @@ def main(run_final: str, target: Path = TARGET, write_readme: bool = True) -> in
     ckpt = load_checkpoint(src)
     info = {k: v for k, v in ckpt.manifest.items() if k not in MANIFEST_KEYS}
     info["name"] = "sora-default"
-    # The adversarial stage's discriminator is training state: serving never reads it.
+    # The adversarial stage's discriminator travels too: serving reranks n-best lists by
+    # it (`rerank`). Kept in float32 as trained (small: one encoder and a head).
     extra = {
         f.name: f.read_bytes()
         for f in sorted(src.iterdir())
         if f.is_file() and f.name not in (*FILES, MANIFEST)
-        and not f.name.startswith("discriminator")
     }
     save_checkpoint(target, ckpt.model, ckpt.tokenizer, dtype="float16", info=info,
                     extra_files=extra)

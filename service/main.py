@@ -29,7 +29,7 @@ import torch
 import uvicorn
 
 from model.checkpoint import CheckpointError
-from service import heap
+from service import heap, langdetect
 from service.config import Settings
 from service.engine.errors import EngineError
 from service.engine.registry import ModelRegistry
@@ -174,6 +174,8 @@ class SoraServer:
             log.info("HTTP on %s:%d, gRPC on %s; loading models from %s", s.host,
                      self.http_port, self.grpc_port if self.grpc else "(off)",
                      s.model_repository)
+            # Before the models: once they are ready, requests may need it.
+            await asyncio.to_thread(langdetect.identifier)
             try:
                 await self.registry.load_all()
             except (OSError, ValueError, CheckpointError, EngineError) as e:

@@ -1,9 +1,10 @@
 """The README's client examples run against a real server, as written.
 
 The examples are read from README.md itself (the fenced code blocks of the sections
-"### REST", "### gRPC" and "### Open Inference Protocol"), never copied here, and run
-against the `server` fixture of tests/service/conftest.py, with `localhost:8000` /
-`localhost:50051` replaced by its ports and the model name `sora-default` by its model:
+"### REST", "### gRPC", "### Python client" and "### Open Inference Protocol"), never
+copied here, and run against the `server` fixture of tests/service/conftest.py, with
+`localhost:8000` / `localhost:50051` replaced by its ports and the model name
+`sora-default` by its model:
 
 - every `curl` command (backslash continuations and `;`-joined commands included) runs
   with the real `curl` binary; it must exit 0 with a 2xx status, and its output must be
@@ -42,7 +43,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-SECTIONS = ("### REST", "### gRPC", "### Open Inference Protocol")
+SECTIONS = ("### REST", "### gRPC", "### Python client", "### Open Inference Protocol")
 HTTP_ADDR, GRPC_ADDR, MODEL = "localhost:8000", "localhost:50051", "sora-default"
 TASKS = ("translate", "summarize", "answer")
 
@@ -315,6 +316,8 @@ def test_grpcurl_example(server: Any, argv: list[str]) -> None:
         assert out[0]["status"] == "SERVING"
     elif cmd.symbol and cmd.symbol.endswith("/GenerateStream"):
         assert out[-1]["finishReason"].startswith("FINISH_REASON_"), out
+    elif cmd.symbol and cmd.symbol.endswith("/Detect"):
+        assert out[0]["languages"][0]["language"], out
     elif cmd.symbol and cmd.symbol.startswith("sora.v1.Sora/"):
         inputs = request.get("texts", request.get("questions"))
         assert len(out[0]["results"]) == len(inputs), out

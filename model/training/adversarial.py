@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.discriminator import Discriminator, pad, pair_ids
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 from model.training.batching import IGNORE_INDEX, Batch
-from model.training.discriminator import Discriminator, pad, pair_ids
 from model.training.distributed import DistContext, unwrap
 from model.training.finetune import QuickBleu
 from model.training.recipe import AdversarialRecipe

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import MANIFEST, Checkpoint, CheckpointError
+from model.discriminator import Discriminator
 from model.generation import generate, pad_batch
 from model.sampling import DecodingParams
 from model.training.data.records import AnswerRecord, Record, SummarizeRecord, TranslateRecord
@@ -121,7 +122,8 @@ def _finite(value: Any) -> Any:
 def _source_ids(checkpoint: Checkpoint, record: Record) -> list[int]:
     tok = checkpoint.tokenizer
     if isinstance(record, TranslateRecord):
-        ids = tok.source_ids("translate", record.source, target_lang=record.tgt_lang)
+        ids = tok.source_ids("translate", record.source, target_lang=record.tgt_lang,
+                             source_lang=record.src_lang)
     elif isinstance(record, SummarizeRecord):
         ids = tok.source_ids("summarize", record.source)
     else:
@@ -142,12 +144,14 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
 
 
 def _decode(
-    checkpoint: Checkpoint, sources: list[list[int]], params: DecodingParams, batch_size: int
+    checkpoint: Checkpoint, sources: list[list[int]], forced: list[list[int]],
+    params: DecodingParams, batch_size: int, discriminator: Discriminator | None,
 ) -> list[str]:
     texts = [""] * len(sources)
     for batch in _length_sorted_batches([len(s) for s in sources], batch_size):
         batch_sources = [sources[i] for i in batch]
-        results = generate(checkpoint.model, checkpoint.tokenizer, batch_sources, params)
+        results = generate(checkpoint.model, checkpoint.tokenizer, batch_sources, params,
+                           forced=[forced[i] for i in batch], discriminator=discriminator)
         for i, r in zip(batch, results, strict=True):
             texts[i] = r.text.strip()
     return texts
@@ -160,7 +164,7 @@ def _teacher_forcing(
     model, tok = checkpoint.model, checkpoint.tokenizer
     cfg = model.config
     device = model.embed.weight.device
-    target_ids = [ids[: cfg.max_target_positions - 1] for ids in tok.encode_batch(targets)]
+    target_ids = [tok.encode_target(t)[: cfg.max_target_positions - 1] for t in targets]
     counts = TokenCounts()
     for batch in _length_sorted_batches([len(s) for s in sources], batch_size):
         src = pad_batch([sources[i] for i in batch], cfg.pad_id, device)
@@ -261,8 +265,10 @@ def evaluate(
     params: DecodingParams | None = None,
     max_examples: int | None = None,
     progress: Callable[[str], None] | None = None,
+    discriminator: Discriminator | None = None,
 ) -> EvalReport:
-    """Decode and score `records` (any mix of tasks); `max_examples` applies per task."""
+    """Decode and score `records` (any mix of tasks); `max_examples` applies per task.
+    params.rerank: outputs are the `discriminator`'s favourites of the beam's n best."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     params = params or DecodingParams(strategy="greedy")
@@ -293,7 +299,11 @@ def evaluate(
             if truncated:
                 log.warning("%s: %d sources truncated to %d tokens", task, truncated,
                             cfg.max_source_positions)
-            predictions = _decode(checkpoint, sources, params, batch_size)
+            # NLLB/M2M100 start their output with the target language's code.
+            first = [checkpoint.tokenizer.forced_ids(task, getattr(r, "tgt_lang", None))
+                     for r in recs]
+            predictions = _decode(checkpoint, sources, first, params, batch_size,
+                                  discriminator)
             for name, idx in _groups_of(task, recs).items():
                 groups.append(_score_group(task, name, [recs[i] for i in idx],
                                            [predictions[i] for i in idx]))
@@ -348,6 +358,8 @@ def format_table(report: EvalReport) -> str:
     decoding = report.decoding.get("strategy", "?")
     if decoding == "beam":
         decoding += f" {report.decoding.get('beam_size')}"
+    if report.decoding.get("rerank"):
+        decoding += f", n-best {report.decoding.get('num_return_sequences')} reranked"
     lines = [
         f"{report.checkpoint}: {report.examples} examples, {decoding} decoding, "
         f"{report.seconds:.1f} s",

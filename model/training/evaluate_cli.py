@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most N examples per task, spread over directions/templates")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--rerank", action="store_true",
+                   help="output the checkpoint's discriminator's favourite of the beam's "
+                   "n best (all --beam-size of them; needs --beam-size > 1)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -60,6 +63,7 @@ def load_records(data: str | Path, split: str, tasks: list[str] | tuple[str, ...
 def run(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError, load_checkpoint
     from model.device import resolve_device
+    from model.discriminator import has_discriminator, load_discriminator
     from model.sampling import DecodingParams
     from model.tokenizer import TokenizerError
     from model.training.evaluate import evaluate, format_table, record_in_manifest
@@ -70,13 +74,23 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data}: no records of tasks {', '.join(args.tasks)}")
         if args.max_examples is not None and args.max_examples < 1:
             raise ValueError("--max-examples must be >= 1")
+        if args.rerank and args.beam_size < 2:
+            raise ValueError("--rerank needs --beam-size > 1 (the n best it reorders)")
         params = DecodingParams(
             strategy="beam" if args.beam_size > 1 else "greedy",
             beam_size=max(args.beam_size, 1),
             max_new_tokens=args.max_new_tokens,
+            num_return_sequences=args.beam_size if args.rerank else 1,
+            rerank=args.rerank,
         )
         device, dtype = resolve_device(args.device, args.dtype)
         ckpt = load_checkpoint(args.checkpoint, device, dtype)
+        disc = None
+        if args.rerank:
+            if not has_discriminator(ckpt.manifest):
+                raise ValueError(f"{args.checkpoint}: --rerank needs a discriminator, and "
+                                 "this checkpoint carries none")
+            disc = load_discriminator(args.checkpoint, device, dtype, manifest=ckpt.manifest)
         report = evaluate(
             ckpt,
             records,
@@ -84,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             params=params,
             max_examples=args.max_examples,
             progress=lambda msg: print(msg, file=sys.stderr),
+            discriminator=disc,
         )
     except (OSError, ValueError, CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)

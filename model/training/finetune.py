@@ -12,6 +12,7 @@ re-sampling a task's examples (up- or down-sampling) to fill the share.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,10 +76,40 @@ def _chunked_encode(tokenizer: SoraTokenizer, texts: list[str]) -> list[list[int
     return out
 
 
+def _record_fields(r: Record) -> tuple[str, str, str | None, str | None, str | None]:
+    """(text, target, target_lang, source_lang, context) of a record."""
+    if isinstance(r, TranslateRecord):
+        return r.source, r.target, r.tgt_lang, r.src_lang, None
+    if isinstance(r, SummarizeRecord):
+        return r.source, r.target, None, None, None
+    return r.question, r.answer, None, None, r.context
+
+
+def _encode_prompted(
+    tokenizer: SoraTokenizer, records: Sequence[Record], max_src: int, max_tgt: int
+) -> Examples:
+    """An imported model's examples: each source built by its prompting, exactly as
+    serving builds it (a text prefix, a target-language token, ...), each target by its
+    target-side tokenizer after the tokens generation forces first (NLLB's target
+    language code), so the model learns to continue from them."""
+    sources, tgts = [], []
+    for r in records:
+        text, target, tgt_lang, src_lang, context = _record_fields(r)
+        ids = tokenizer.source_ids(r.task, text, target_lang=tgt_lang, context=context,
+                                   source_lang=src_lang)
+        sources.append(truncate_source(ids, max_src))
+        forced = tokenizer.forced_ids(r.task, tgt_lang)
+        tgts.append([*forced, *tokenizer.encode_target(target)][: max_tgt - 1])
+    task = np.asarray([TASKS.index(r.task) for r in records], dtype=np.int8)
+    return Examples(TokenTable.from_lists(sources), TokenTable.from_lists(tgts), task)
+
+
 def encode_records(
     tokenizer: SoraTokenizer, records: Sequence[Record], max_src: int, max_tgt: int
 ) -> Examples:
     """Batch-encode records into the same ids `SoraTokenizer.source_ids` builds."""
+    if tokenizer.prompting.style != "sora":
+        return _encode_prompted(tokenizer, records, max_src, max_tgt)
     texts, targets, extra = [], [], []
     for r in records:
         if isinstance(r, TranslateRecord | SummarizeRecord):
@@ -133,6 +164,9 @@ def cached_examples(
     """Tokenized records of a split, built once by rank 0 and cached on disk."""
     key = hashlib.sha256()
     key.update(tokenizer.tokenizer.to_str().encode())
+    if tokenizer.target is not None:
+        key.update(tokenizer.target.to_str().encode())
+    key.update(json.dumps(tokenizer.prompting.to_dict(), sort_keys=True).encode())
     for task in tasks:
         key.update(f"{task}:{sha256_file(data_dir / f'{task}.{split}.jsonl')}".encode())
     key.update(f"{CACHE_VERSION}:{split}:{max_src}:{max_tgt}:{limit}".encode())
@@ -242,8 +276,9 @@ class QuickBleu:
         rs = [r for r in records if isinstance(r, TranslateRecord)][:n]
         return cls(
             tokenizer,
-            [truncate_source(tokenizer.source_ids("translate", r.source, target_lang=r.tgt_lang),
-                             max_src) for r in rs],
+            [truncate_source(tokenizer.source_ids("translate", r.source, target_lang=r.tgt_lang,
+                                                  source_lang=r.src_lang), max_src)
+             for r in rs],
             [r.target for r in rs], [r.tgt_lang for r in rs], max_tgt,
         )
 

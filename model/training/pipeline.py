@@ -9,6 +9,12 @@
 
 A stage whose checkpoint exists is done and skipped; an unfinished one resumes from its
 training state under OUT/.work. Only rank 0 writes; other ranks wait at barriers.
+
+With `init_from: DIR` the run fine-tunes that checkpoint instead: its tokenizer and
+architecture are kept (no tokenizer or pretrain stage), fine-tuning starts from its
+weights, training pairs are built in its own input format (its prompting), and every
+checkpoint the run writes keeps its serving declaration (architecture, tasks,
+languages, ...), so the result serves like the original.
 """
 
 from __future__ import annotations
@@ -24,17 +30,23 @@ from typing import Any
 import torch
 import yaml
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model import discriminator as disc_lib
+from model.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    sha256_file,
+)
 from model.config import SoraConfig
 from model.device import native_bf16
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
-from model.training import discriminator as disc_lib
 from model.training import finetune, pretrain
 from model.training.adversarial import AdversarialObjective, AdversarialValidation
 from model.training.distributed import DistContext
 from model.training.plot import loss_plot, read_metrics
-from model.training.recipe import STAGES, TASKS, Recipe, RecipeError, check_data
+from model.training.recipe import STAGES, TASKS, Recipe, RecipeError, check_data, run_stages
 from model.training.tokenizer_stage import load_stage_tokenizer, tokenizer_done, train_tokenizer
 from model.training.trainer import MLE, Objective, Progress, StageData, Trainer
 
@@ -42,7 +54,11 @@ log = logging.getLogger(__name__)
 
 MODEL_STAGES = ("pretrain", "finetune", "adversarial")
 # A changed value of these keys would make a resumed run a different model.
-FROZEN_KEYS = ("seed", "max_source_len", "max_target_len", "model", "tokenizer")
+FROZEN_KEYS = ("seed", "max_source_len", "max_target_len", "model", "tokenizer", "init_from")
+# Manifest keys a fine-tuned checkpoint keeps from its `init_from` checkpoint: what it
+# serves and how a task becomes its input, and where an imported model came from.
+INHERITED_KEYS = ("architecture", "tasks", "languages", "language_pairs", "prompting",
+                  "provenance")
 
 
 class RunError(RuntimeError):
@@ -127,23 +143,77 @@ def model_config(recipe: Recipe, tokenizer: SoraTokenizer) -> SoraConfig:
     )
 
 
+@dataclass(frozen=True)
+class Base:
+    """The checkpoint `init_from` names, verified: what fine-tuning keeps of it."""
+
+    path: Path
+    config: SoraConfig
+    tokenizer: SoraTokenizer
+    manifest: dict[str, Any]
+
+    def lineage(self) -> dict[str, Any]:
+        """Manifest entries for every checkpoint trained from this one."""
+        inherited = {k: self.manifest[k] for k in INHERITED_KEYS if k in self.manifest}
+        return {**inherited, "init_from": {
+            "path": str(self.path.resolve()), "name": self.manifest.get("name"),
+            "manifest_sha256": sha256_file(self.path / MANIFEST)}}
+
+
+def load_base(recipe: Recipe) -> Base | None:
+    """The `init_from` checkpoint (None without one), verified by the checkpoint loader
+    (hashes, safetensors; never pickle) and checked against the recipe."""
+    if not recipe.init_from:
+        return None
+    path = Path(recipe.init_from)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise RunError(f"init_from: {e}") from e
+    cfg = ckpt.model.config
+    problems = [
+        f"{key} is {getattr(recipe, key)} but {path} has {limit} positions"
+        for key, limit in (("max_source_len", cfg.max_source_positions),
+                           ("max_target_len", cfg.max_target_positions))
+        if getattr(recipe, key) > limit
+    ]
+    tasks = ckpt.manifest.get("tasks", TASKS)
+    problems += [
+        f"finetune.mixture.{t}: {path} does not serve {t} (it serves {', '.join(tasks)})"
+        for t, w in recipe.finetune.mixture.items() if w > 0 and t not in tasks
+    ]
+    if problems:
+        raise RunError("init_from: " + "; ".join(problems))
+    return Base(path, cfg, ckpt.tokenizer, ckpt.manifest)
+
+
 def stage_done(run: Run, stage: str) -> bool:
     if stage == "tokenizer":
         return tokenizer_done(run.out / "tokenizer")
     return (run.out / stage / "manifest.json").is_file()
 
 
-def _initial_model(run: Run, stage: str, tokenizer: SoraTokenizer) -> Sora:
-    """The previous stage's checkpoint (with this recipe's dropout), or a fresh model."""
-    config = model_config(run.recipe, tokenizer)
+def _initial_model(run: Run, stage: str, tokenizer: SoraTokenizer, base: Base | None) -> Sora:
+    """The previous stage's checkpoint, else the `init_from` one (either with this
+    recipe's dropout), else a fresh model."""
+    if base is not None:
+        config = replace(base.config, dropout=run.recipe.model.dropout)
+    else:
+        config = model_config(run.recipe, tokenizer)
     previous = {"finetune": "pretrain", "adversarial": "finetune"}.get(stage)
-    if previous and stage_done(run, previous):
-        ckpt = load_checkpoint(run.out / previous)
+    start = run.out / previous if previous and stage_done(run, previous) else None
+    if start is None and base is not None:
+        start = base.path
+    if start is not None:
+        try:
+            ckpt = load_checkpoint(start)
+        except CheckpointError as e:
+            raise RunError(f"{stage}: cannot start from {start}: {e}") from e
         if replace(ckpt.model.config, dropout=config.dropout) != config:
-            raise RunError(f"{run.out / previous} does not match the recipe's model shape")
+            raise RunError(f"{start} does not match the recipe's model shape")
         model = Sora(config)
         model.load_state_dict(ckpt.model.state_dict())
-        log.info("%s: starting from %s", stage, run.out / previous)
+        log.info("%s: starting from %s", stage, start)
     else:
         if stage == "adversarial":
             raise RunError("the adversarial stage needs a fine-tuned model: run finetune first")
@@ -153,7 +223,7 @@ def _initial_model(run: Run, stage: str, tokenizer: SoraTokenizer) -> Sora:
     return model.to(run.dist.device)
 
 
-def _stage_data(run: Run, stage: str, tokenizer: SoraTokenizer) -> StageData:
+def _stage_data(run: Run, stage: str, tokenizer: SoraTokenizer, config: SoraConfig) -> StageData:
     r = run.recipe
     cache = run.work / "cache"
     if stage == "pretrain":
@@ -166,9 +236,9 @@ def _stage_data(run: Run, stage: str, tokenizer: SoraTokenizer) -> StageData:
                                      r.max_target_len, cache, run.dist)
     valid = finetune.cached_examples(tokenizer, data_dir, "valid", tasks, r.max_source_len,
                                      r.max_target_len, cache, run.dist, limit=s.valid_examples)
+    # The model's own ids: its decoder starts from config.bos_id, whatever the tokenizer.
     return finetune.PairData(train, valid, dict(s.mixture), s.batch_tokens, r.seed + 1,
-                             tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id,
-                             run.dist.world_size)
+                             config.pad_id, config.bos_id, config.eos_id, run.dist.world_size)
 
 
 def _quick_bleu(run: Run, tokenizer: SoraTokenizer, n: int) -> finetune.QuickBleu:
@@ -186,14 +256,14 @@ def _extra_files(run: Run, stages: list[str]) -> dict[str, bytes]:
         return {}
 
 
-def _train_stage(run: Run, stage: str, tokenizer: SoraTokenizer) -> float:
+def _train_stage(run: Run, stage: str, tokenizer: SoraTokenizer, base: Base | None) -> float:
     """Train one stage (or finish it) and export its best checkpoint; returns the stage's
     wall time: the trainer's loop time over all sessions plus this session's setup."""
     r = run.recipe
     s = r.stage(stage)
     started = time.monotonic()
-    model = _initial_model(run, stage, tokenizer)
-    data = _stage_data(run, stage, tokenizer)
+    model = _initial_model(run, stage, tokenizer, base)
+    data = _stage_data(run, stage, tokenizer, model.config)
     work = run.work / stage
     objective: Objective = MLE(s.label_smoothing)
     extra: Callable[[Sora], dict[str, float]] | None = None
@@ -233,6 +303,7 @@ def _train_stage(run: Run, stage: str, tokenizer: SoraTokenizer) -> float:
             if (work / "best" / name).is_file():
                 extra_files[name] = (work / "best" / name).read_bytes()
         info = {
+            **(base.lineage() if base is not None else {}),
             "name": f"{r.name}-{stage}",
             "training_stage": {
                 "stage": stage, "steps": result.steps, "epochs": result.epochs,
@@ -286,7 +357,7 @@ def _evaluate(run: Run, path: Path) -> dict[str, Any]:
             "examples": report.examples, "seconds": report.seconds}
 
 
-def _final(run: Run, timings: dict[str, float]) -> Path | None:
+def _final(run: Run, timings: dict[str, float], base: Base | None) -> Path | None:
     """Compare fine-tuned and adversarial models honestly; ship the better as OUT/final."""
     done = [s for s in MODEL_STAGES if stage_done(run, s)]
     if not done:
@@ -314,6 +385,7 @@ def _final(run: Run, timings: dict[str, float]) -> Path | None:
         stages_info[s] = m.get("training_stage")
     tok_info = run.out / "tokenizer" / "info.json"
     info = {
+        **(base.lineage() if base is not None else {}),
         "name": r.name,
         "selected_stage": chosen,
         "recipe": r.to_dict(),
@@ -324,9 +396,11 @@ def _final(run: Run, timings: dict[str, float]) -> Path | None:
         "validation": (stages_info.get(chosen) or {}).get("validation"),
         "adversarial": adversarial,
     }
-    extra = {n: (run.out / chosen / n).read_bytes()
+    # The discriminator judges (source, output) pairs whichever generator is kept, so
+    # final carries it even when the fine-tuned model wins: serving reranks by it.
+    extra = {n: (run.out / "adversarial" / n).read_bytes()
              for n in (disc_lib.WEIGHTS_FILE, disc_lib.CONFIG_FILE)
-             if (run.out / chosen / n).is_file()}
+             if "adversarial" in done and (run.out / "adversarial" / n).is_file()}
     extra.update(_extra_files(run, list(MODEL_STAGES)))
     path = save_checkpoint(run.out / "final", ckpt.model, ckpt.tokenizer, info=info,
                            extra_files=extra)
@@ -351,14 +425,8 @@ def _save_timings(run: Run, timings: dict[str, float]) -> None:
                                                encoding="utf-8")
 
 
-def run_training(run: Run) -> Path | None:
-    """Run (or resume) the recipe's stages; returns OUT/final when one was written."""
-    for stage in run.stages:
-        if stage not in STAGES:
-            raise RecipeError([f"--stages: unknown stage {stage!r} (expected {', '.join(STAGES)})"])
-    check_data(run.recipe, run.stages)
-    _prepare_out(run)
-    timings = _load_timings(run)
+def _run_tokenizer(run: Run, timings: dict[str, float]) -> SoraTokenizer:
+    """The run's own tokenizer: trained by the tokenizer stage, or the one it left."""
     if "tokenizer" in run.stages and not stage_done(run, "tokenizer"):
         started = time.monotonic()
         if run.dist.is_main:
@@ -368,18 +436,36 @@ def run_training(run: Run) -> Path | None:
         _save_timings(run, timings)
     if not stage_done(run, "tokenizer"):
         raise RunError(f"{run.out / 'tokenizer'} is missing: include the tokenizer stage")
-    tokenizer = load_stage_tokenizer(run.out / "tokenizer")
+    return load_stage_tokenizer(run.out / "tokenizer")
+
+
+def run_training(run: Run) -> Path | None:
+    """Run (or resume) the recipe's stages; returns OUT/final when one was written."""
+    for stage in run.stages:
+        if stage not in STAGES:
+            raise RecipeError([f"--stages: unknown stage {stage!r} (expected {', '.join(STAGES)})"])
+    check_data(run.recipe, run.stages)
+    base = load_base(run.recipe)
+    if base is not None:
+        skipped = [s for s in run.stages if s not in run_stages(run.recipe, run.stages)]
+        if skipped:
+            log.info("init_from %s: its tokenizer and weights replace the %s stage(s)",
+                     base.path, ", ".join(skipped))
+        run = replace(run, stages=run_stages(run.recipe, run.stages))
+    _prepare_out(run)
+    timings = _load_timings(run)
+    tokenizer = base.tokenizer if base is not None else _run_tokenizer(run, timings)
     trained = False
     for stage in MODEL_STAGES:
         if stage not in run.stages or stage_done(run, stage):
             continue
-        timings[stage] = _train_stage(run, stage, tokenizer)
+        timings[stage] = _train_stage(run, stage, tokenizer, base)
         _save_timings(run, timings)
         trained = True
     final = None
     if run.dist.is_main and (trained or not (run.out / "final").is_dir()):
         started = time.monotonic()
-        final = _final(run, timings)
+        final = _final(run, timings, base)
         timings["final_eval"] = round(time.monotonic() - started, 1)
         _save_timings(run, timings)
     elif (run.out / "final").is_dir():

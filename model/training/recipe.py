@@ -6,6 +6,8 @@ wrong type or range and missing data files are collected and reported together i
 
     name / seed / data_dir / out_dir / device / precision / max_*_len
     model:        the Transformer's shape (SoraConfig minus the token ids)
+    init_from:    a checkpoint to fine-tune (its tokenizer and shape are kept; the
+                  tokenizer and pretrain stages are then left out)
     tokenizer:    byte-level BPE training
     pretrain:     denoising (T5 span corruption) on monolingual text
     finetune:     multi-task training with mixture weights
@@ -132,6 +134,10 @@ class Recipe:
     precision: Precision = "auto"  # auto: bf16 autocast where bf16 is native (CUDA, AMX CPUs)
     max_source_len: int = 128
     max_target_len: int = 128
+    # A checkpoint directory to start from ("" = train from scratch). Its tokenizer and
+    # architecture are kept (of `model`, only dropout applies); the tokenizer and
+    # pretrain stages are not run.
+    init_from: str = ""
     model: ModelRecipe = field(default_factory=ModelRecipe)
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
@@ -362,18 +368,31 @@ def required_data_files(recipe: Recipe, stages: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def run_stages(recipe: Recipe, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The stages a run trains: with `init_from` the checkpoint already provides the
+    tokenizer and the pre-trained model, so those two are left out."""
+    if recipe.init_from:
+        return tuple(s for s in stages if s not in ("tokenizer", "pretrain"))
+    return stages
+
+
 def check_data(recipe: Recipe, stages: tuple[str, ...]) -> None:
-    """Raise one RecipeError listing every data file the stages need but cannot read."""
+    """Raise one RecipeError listing every data file the stages need but cannot read
+    (and an `init_from` that is not a checkpoint directory)."""
+    problems = []
+    if recipe.init_from and not (Path(recipe.init_from) / "manifest.json").is_file():
+        problems.append(f"init_from: {recipe.init_from} is not a checkpoint directory "
+                        "(no manifest.json)")
     data = Path(recipe.data_dir)
     if not data.is_dir():
-        raise RecipeError([f"data_dir: {data} is not a directory"])
-    missing = [
+        raise RecipeError([*problems, f"data_dir: {data} is not a directory"])
+    problems += [
         f"data_dir: missing {data / n}"
-        for n in required_data_files(recipe, stages)
+        for n in required_data_files(recipe, run_stages(recipe, stages))
         if not (data / n).is_file() or (data / n).stat().st_size == 0
     ]
-    if missing:
-        raise RecipeError(missing)
+    if problems:
+        raise RecipeError(problems)
 
 
 def shipped_recipes() -> list[Path]:

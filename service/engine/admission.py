@@ -28,8 +28,10 @@ class Admission:
         *,
         max_source_tokens: int,
         max_new_tokens: int,
+        can_rerank: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.can_rerank = can_rerank  # the checkpoint carries a discriminator
         self.config = config
         self.max_source_tokens = max_source_tokens
         self.max_new_tokens = max_new_tokens
@@ -70,6 +72,11 @@ class Admission:
             raise InvalidRequest(
                 f"max_new_tokens is {params.max_new_tokens}; the limit is {self.max_new_tokens}",
                 field="max_new_tokens",
+            )
+        if params.rerank and not self.can_rerank:
+            raise InvalidRequest(
+                "rerank needs a discriminator, and this model's checkpoint carries none "
+                "(GET /v1/models: can_rerank)", field="rerank",
             )
         if params.rows > self.config.max_batch_sequences:
             raise InvalidRequest(

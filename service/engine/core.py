@@ -85,7 +85,7 @@ class CoreEngine(Engine):
         elif kind == "done":
             seq = job.sequences[index]
             self._outbox.append(["done", key, index, seq.status.value, seq.token_ids,
-                                 seq.logprob, seq.text])
+                                 seq.logprob, seq.text, seq.candidates])
             if job.finished:
                 self.jobs.pop(key, None)
         elif kind == "error":
@@ -174,9 +174,10 @@ def run_core(conn: socket.socket, spec: dict[str, Any]) -> None:
     info = engine.info()
     engine._compile_sent = engine.compile_state
     conn.sendall(wire.frame(["ready", {
-        "tasks": list(info.tasks), "languages": list(info.languages), "device": info.device,
+        **info.capabilities.to_dict(), "device": info.device,
         "dtype": info.dtype, "parameters": info.parameters,
         "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
+        "can_rerank": info.can_rerank,
         "compile": engine._compile_sent.value,
     }]))
     engine.serve()

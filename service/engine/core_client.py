@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import load_tokenizer
 from model.sampling import DecodingParams
-from model.tokenizer import SoraTokenizer
 from service.engine import wire
 from service.engine.admission import Admission
 from service.engine.compiling import CompileState
@@ -146,11 +146,14 @@ class CoreClient:
         self.max_source_tokens = self._info["max_source_tokens"]
         self.max_new_tokens = self._info["max_new_tokens"]
         self.compile_state = CompileState(self._info["compile"])
-        # The core has verified the checkpoint's hashes, tokenizer.json included.
-        tokenizer = SoraTokenizer.from_file(self.path / "tokenizer.json")
+        # The core has verified the checkpoint's hashes, tokenizer.json included; the
+        # manifest says how tasks become input (an imported model's prompting).
+        manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+        tokenizer = load_tokenizer(self.path, manifest)
         self._admission = Admission(tokenizer, self.config,
                                     max_source_tokens=self.max_source_tokens,
-                                    max_new_tokens=self.max_new_tokens)
+                                    max_new_tokens=self.max_new_tokens,
+                                    can_rerank=self._info["can_rerank"])
         self.state = EngineState.READY
         log.info("engine %s:%s ready in process %d on %s (%s)", self.name, self.version,
                  self._process.pid, self._info["device"], self._info["dtype"])
@@ -184,9 +187,12 @@ class CoreClient:
         return ModelInfo(
             name=self.name, version=self.version, tasks=tuple(i.get("tasks", ())),
             languages=tuple(i.get("languages", ())), device=i.get("device", "?"),
+            architecture=i.get("architecture", "sora"),
+            language_pairs=None if i.get("language_pairs") is None
+            else tuple((s, t) for s, t in i["language_pairs"]),
             dtype=i.get("dtype", "?"), parameters=i.get("parameters", 0),
             max_source_tokens=self.max_source_tokens, max_new_tokens=self.max_new_tokens,
-            state=self.state.value,
+            state=self.state.value, can_rerank=i["can_rerank"],
         )
 
     # -- submission (event loop) -------------------------------------------------------
@@ -291,8 +297,8 @@ class CoreClient:
             if job is None:  # failed already; the core finished a sibling in that step
                 return
             seq = job.sequences[index]
-            seq.status, seq.token_ids, seq.logprob, seq.text = (
-                Status(event[3]), event[4], event[5], event[6])
+            seq.status, seq.token_ids, seq.logprob, seq.text, seq.candidates = (
+                Status(event[3]), event[4], event[5], event[6], event[7])
             self._open -= 1
             if job.finished:
                 del self._jobs[key]

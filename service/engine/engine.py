@@ -19,8 +19,8 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.device import compile_skipped, prepare_for_inference, resolve_device
+from model.discriminator import Discriminator, has_discriminator, load_discriminator, rerank
 from model.sampling import DecodingParams
-from model.tokenizer import LANGUAGES, TASKS
 from service.engine.admission import Admission
 from service.engine.batch import RunningBatch
 from service.engine.compiling import CompileState, Outcome, describe, start_background_compile
@@ -33,6 +33,7 @@ from service.engine.errors import (
     Unavailable,
 )
 from service.engine.request import Completion, Job, Sequence, Status, StreamDelta, TaskInput
+from service.engine.routing import Capabilities
 from service.engine.runner import ModelRunner
 from service.engine.scheduler import Scheduler
 from service.engine.stats import Listener, RequestStats, StepStats, notify
@@ -62,6 +63,14 @@ class ModelInfo:
     max_source_tokens: int
     max_new_tokens: int
     state: str
+    can_rerank: bool = False  # the checkpoint carries a discriminator (`rerank`)
+    architecture: str = "sora"
+    # Directions served; None: any ordered pair of `languages`.
+    language_pairs: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(self.architecture, self.tasks, self.languages, self.language_pairs)
 
 
 class Engine:
@@ -77,6 +86,7 @@ class Engine:
         self.name = name or checkpoint.name
         self.version = version
         self.manifest = checkpoint.manifest
+        self.capabilities = Capabilities.from_manifest(self.manifest)  # a bad one fails here
         device, dtype = resolve_device(self.config.device, self.config.dtype)
         model = prepare_for_inference(
             checkpoint.model.to(device=device, dtype=dtype).eval(),
@@ -96,6 +106,12 @@ class Engine:
                 log.info("model %s is served eagerly: %s", self.name, skipped)
             self._compile_later = not skipped
         self.tokenizer = checkpoint.tokenizer
+        # The adversarial stage's discriminator, when the checkpoint carries one: it
+        # reorders a request's n-best (`rerank`), in the engine thread like the model.
+        self.discriminator: Discriminator | None = None
+        if checkpoint.path is not None and has_discriminator(self.manifest):
+            self.discriminator = load_discriminator(checkpoint.path, device, dtype,
+                                                    manifest=self.manifest)
         self.runner = ModelRunner(model, self.tokenizer)
         cfg = model.config
         self.max_source_tokens = min(
@@ -104,7 +120,7 @@ class Engine:
         self.max_new_tokens = min(self.config.max_new_tokens, cfg.max_target_positions)
         self.admission = Admission(
             self.tokenizer, self.config, max_source_tokens=self.max_source_tokens,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens, can_rerank=self.discriminator is not None,
         )
         self.scheduler = Scheduler(self.config)
         self.state = EngineState.LOADING
@@ -206,14 +222,17 @@ class Engine:
         return ModelInfo(
             name=self.name,
             version=self.version,
-            tasks=tuple(self.manifest.get("tasks", TASKS)),
-            languages=tuple(self.manifest.get("languages", LANGUAGES)),
+            tasks=self.capabilities.tasks,
+            languages=self.capabilities.languages,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             parameters=self.parameters,
             max_source_tokens=self.max_source_tokens,
             max_new_tokens=self.max_new_tokens,
             state=self.state.value,
+            architecture=self.capabilities.architecture,
+            language_pairs=self.capabilities.language_pairs,
+            can_rerank=self.discriminator is not None,
         )
 
     # -- submission (event loop) -------------------------------------------------------
@@ -406,9 +425,19 @@ class Engine:
         self._fresh = []
         for row, seq in batch.watched():
             if seq.beam is not None and seq.beam.done:
-                best = seq.beam.best()
-                ids = best.tokens[:-1] if best.finish_reason == "eos" else best.tokens
-                self._finish_seq(seq, ids, best.logprob, best.finish_reason)
+                hyps = seq.beam.nbest(seq.params.num_return_sequences)
+                toks = [h.output for h in hyps]
+                disc: list[float | None] = [None] * len(hyps)
+                if seq.params.rerank and self.discriminator is not None:
+                    ranked = rerank(self.discriminator, self.tokenizer, seq.source_ids, toks)
+                    hyps, toks = [hyps[i] for i, _ in ranked], [toks[i] for i, _ in ranked]
+                    disc = [score for _, score in ranked]
+                best = hyps[0]
+                if seq.params.num_return_sequences > 1:
+                    outs = self.tokenizer.decode_batch(toks)
+                    seq.candidates = [[t, h.score, d]
+                                      for t, h, d in zip(outs, hyps, disc, strict=True)]
+                self._finish_seq(seq, toks[0], best.logprob, best.finish_reason)
                 finished.add(id(seq))
             elif seq.detok is not None and seq.beam is None and row not in bad_rows:
                 piece = seq.detok.push(out.tokens[row])

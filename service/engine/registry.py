@@ -13,16 +13,19 @@ import asyncio
 import builtins
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from model.checkpoint import MANIFEST, load_checkpoint
 from service import heap
+from service.engine import routing
 from service.engine.config import EngineConfig
 from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.engine import Engine, EngineState, ModelInfo
 from service.engine.errors import ModelNotFound
 from service.engine.protocol import EngineClient
+from service.engine.request import TaskInput
 from service.engine.stats import EngineRestart, RecordListener, notify
 
 log = logging.getLogger(__name__)
@@ -118,13 +121,28 @@ class ModelRegistry:
         name = name or self.default_model
         engine = self._engines.get(name or "")
         if engine is None:
-            raise ModelNotFound(f"model {name!r} not found", field="model")
+            raise ModelNotFound(
+                f"model {name!r} not found; serving {', '.join(sorted(self._engines))}",
+                field="model")
         if version is not None and version != engine.version:
             raise ModelNotFound(
                 f"model {name!r} version {version!r} not found (serving {engine.version})",
                 field="version",
             )
         return engine
+
+    def route(
+        self, inputs: Sequence[TaskInput], model: str | None = None, version: str | None = None
+    ) -> EngineClient:
+        """The engine that serves `inputs`, by the rule in service/engine/routing.py:
+        the named model if it serves them, else the best model that does. Raises
+        ModelNotFound (unknown name or version) or InvalidRequest (not served)."""
+        if model:
+            engine = self.get(model, version)
+            routing.check_serves(engine.name, engine.info().capabilities, inputs)
+            return engine
+        models = {name: e.info().capabilities for name, e in self._engines.items()}
+        return self.get(routing.choose(models, inputs, self.default_model), version)
 
     def engines(self) -> list[EngineClient]:
         return list(self._engines.values())

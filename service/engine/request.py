@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from model.generation import BeamSearch
 from model.sampling import DecodingParams
@@ -66,6 +67,8 @@ class Sequence:
     logprob: float = 0.0
     detok: IncrementalDetokenizer | None = None  # set when the job streams
     beam: BeamSearch | None = None
+    # n-best [text, score, discriminator score or None], best first
+    candidates: list[list[Any]] | None = None
     first_scheduled: float | None = None
     first_token: float | None = None
     finished_at: float | None = None
@@ -87,6 +90,16 @@ class StreamDelta:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One of a beam search's n best outputs."""
+
+    text: str
+    score: float  # log-probability / length ** length_penalty (the beam's ranking)
+    # rerank: the discriminator's log P(reference), by which the n best are then ordered
+    discriminator_score: float | None = None
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     finish_reason: str  # "eos" | "length"
@@ -96,6 +109,9 @@ class Completion:
     model: str
     version: str
     segments: int
+    # num_return_sequences > 1: the n best outputs, best (= text) first. None for
+    # documents split into several segments, whose outputs are joined.
+    candidates: list[Candidate] | None = None
 
 
 EventSink = Callable[["Job", str, int, object], None]
@@ -244,6 +260,8 @@ class Job:
             model=self.model,
             version=self.version,
             segments=len(seqs),
+            candidates=[Candidate(*c) for c in seqs[0].candidates]
+            if len(seqs) == 1 and seqs[0].candidates else None,
         )
 
     # -- engine side (engine thread) ---------------------------------------------------

@@ -10,7 +10,7 @@ server -> core: ["requests", [request, ...]] | ["drain", timeout_s]
                  params, sources] | ["cancel", key]
 core -> server: ["ready", info] | ["failed", message] | ["stopped"] | ["events", [...]]
   an event:     ["delta", key, index, text, tokens] | ["done", key, index, status,
-                 token_ids, logprob, text] | ["error", key, code, message, field,
+                 token_ids, logprob, text, candidates] | ["error", key, code, message, field,
                  retry_after] | ["load", running, waiting] | ["compile", state]
                 | ["request", {RequestStats}] | ["step", {StepStats}]
 

@@ -104,6 +104,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
             infer = parse_infer_request(request)
             task = task_label(infer)
             plan = make_plan(infer, engine, max_texts=self.max_batch_texts)
+            self.registry.route(plan.inputs, engine.name, engine.version)
             timeout = self._timeout(context, plan.timeout)
             jobs = submit(engine, plan, protocol=PROTOCOL_GRPC, request_id=infer.id or None,
                           timeout=timeout)

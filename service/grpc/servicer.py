@@ -17,12 +17,15 @@ import grpc
 
 from model.sampling import DecodingParams
 from proto.sora.v1 import sora_pb2, sora_pb2_grpc
+from service.engine.autodetect import detect, route
 from service.engine.engine import ModelInfo
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest
 from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
 from service.engine.request import Completion, Job, TaskInput
 from service.grpc.errors import to_grpc
+from service.langdetect import Detection
+from service.pieces import plan
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,10 @@ FINISH_REASONS = {"eos": sora_pb2.FINISH_REASON_EOS, "length": sora_pb2.FINISH_R
 # DecodingOptions fields with presence, copied to DecodingParams only when set.
 OPTIONAL_FIELDS = (
     "max_new_tokens", "temperature", "top_k", "top_p", "seed", "beam_size", "length_penalty",
-    "no_repeat_ngram_size", "min_new_tokens",
+    "no_repeat_ngram_size", "min_new_tokens", "num_return_sequences",
 )
 # Engine field names that are decoding options in the request.
-OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos"}
+OPTION_FIELDS = {*OPTIONAL_FIELDS, "strategy", "ignore_eos", "rerank"}
 
 # Maps an engine error's field name to the request field's path.
 FieldPath = Callable[[str | None], str | None]
@@ -88,7 +91,8 @@ def decoding_params(
     strategy = STRATEGIES.get(options.strategy)
     if strategy is None:
         raise InvalidRequest(f"unknown strategy {options.strategy}", field="options.strategy")
-    kwargs: dict[str, Any] = {"strategy": strategy, "ignore_eos": options.ignore_eos}
+    kwargs: dict[str, Any] = {"strategy": strategy, "ignore_eos": options.ignore_eos,
+                              "rerank": options.rerank}
     for name in OPTIONAL_FIELDS:
         if options.HasField(name):
             kwargs[name] = getattr(options, name)
@@ -109,7 +113,14 @@ def _result(c: Completion) -> sora_pb2.Result:
         text=c.text,
         finish_reason=FINISH_REASONS.get(c.finish_reason, sora_pb2.FINISH_REASON_UNSPECIFIED),
         usage=_usage(c),
+        candidates=[sora_pb2.Candidate(text=k.text, score=k.score,
+                                       discriminator_score=k.discriminator_score)
+                    for k in c.candidates or ()],
     )
+
+
+def _score(d: Detection) -> sora_pb2.LanguageScore:
+    return sora_pb2.LanguageScore(language=d.language, confidence=d.confidence)
 
 
 def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
@@ -124,6 +135,10 @@ def _model_info(info: ModelInfo) -> sora_pb2.ModelInfo:
         max_source_tokens=info.max_source_tokens,
         max_new_tokens=info.max_new_tokens,
         state=info.state,
+        architecture=info.architecture,
+        language_pairs=[sora_pb2.LanguagePair(source=s, target=t)
+                        for s, t in info.language_pairs or ()],
+        can_rerank=info.can_rerank,
     )
 
 
@@ -146,20 +161,61 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
     async def Translate(
         self, request: sora_pb2.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> sora_pb2.TranslateResponse:
+        texts = list(request.texts)
+        fields = [f"texts[{i}]" for i in range(len(texts))]
+        engine, detected, cut = None, None, plan(texts, html=False, glossary=None,
+                                                 stream=False, text_field="texts")
+        if 0 < len(texts) <= self.max_batch_texts and request.target_lang:
+            try:  # source_lang empty or "auto": detect, and route to a model serving it
+                cut = plan(texts, html=request.format == sora_pb2.TEXT_FORMAT_HTML,
+                           glossary=dict(request.glossary), stream=False,
+                           text_field=fields[0])
+                chosen = route(self.registry, request.model or None,
+                               request.source_lang or None, request.target_lang,
+                               cut.plain(), fields)
+            except EngineError as e:
+                await self._reject(context, e, e.field, None, "translate")
+                raise AssertionError("unreachable: abort raises") from None
+            engine, detected = chosen.engine, chosen.detections
+        owner = cut.owner
         inputs = [
             TaskInput(
                 "translate", text, target_lang=request.target_lang or None,
-                source_lang=request.source_lang or None,
+                source_lang=detected[i].language if detected else request.source_lang or None,
             )
-            for text in request.texts
+            for text, i in zip(cut.pieces, owner, strict=True)
         ]
-        paths = [_field_path(f"texts[{i}]", {"text": ""}) for i in range(len(inputs))]
-        results, model, version = await self._unary("translate", "texts", inputs, paths,
-                                                     request, context)
-        return sora_pb2.TranslateResponse(
-            results=[_result(c) for c in results], model=model, version=version,
-            usage=_total_usage(results),
+        paths = [_field_path(fields[i], {"text": ""}) for i in owner]
+        results, model, version = await self._unary(
+            "translate", "texts", inputs, paths, request, context,
+            engine=None if request.model else engine, items=len(texts),
         )
+        out = [_result(c) for c in cut.join(results)]
+        for result, d in zip(out, detected or [], strict=False):
+            result.detected_language.CopyFrom(_score(d))
+        return sora_pb2.TranslateResponse(
+            results=out, model=model, version=version, usage=_total_usage(results),
+        )
+
+    async def Detect(
+        self, request: sora_pb2.DetectRequest, context: grpc.aio.ServicerContext
+    ) -> sora_pb2.DetectResponse:
+        try:
+            limit = self.registry.config.max_input_chars
+            if not request.text:
+                raise InvalidRequest("text must be a non-empty string", field="text")
+            if len(request.text) > limit:
+                raise InvalidRequest(
+                    f"text has {len(request.text)} characters; the limit is {limit}",
+                    field="text",
+                )
+            if not 0 <= request.top <= 10:
+                raise InvalidRequest("top must be between 1 and 10 (0: 3)", field="top")
+            found = detect(self.registry, request.text, top=request.top or 3)
+        except EngineError as e:
+            await self._reject(context, e, e.field, None, "detect")
+            raise AssertionError("unreachable: abort raises") from None
+        return sora_pb2.DetectResponse(languages=[_score(d) for d in found])
 
     async def Summarize(
         self, request: sora_pb2.SummarizeRequest, context: grpc.aio.ServicerContext
@@ -197,11 +253,11 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         try:
             if task is None:
                 raise InvalidRequest("task must be translate, summarize or answer", field="task")
-            engine = self.registry.get(request.model or None, request.version or None)
             inp = TaskInput(
                 task, request.text, target_lang=request.target_lang or None,
                 source_lang=request.source_lang or None, context=request.context or None,
             )
+            engine = self.registry.route([inp], request.model or None, request.version or None)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )
@@ -251,22 +307,30 @@ class SoraServicer(sora_pb2_grpc.SoraServicer):
         paths: list[FieldPath],
         request: Any,
         context: grpc.aio.ServicerContext,
+        engine: EngineClient | None = None,
+        items: int | None = None,
     ) -> tuple[list[Completion], str, str]:
-        """Submit every input, then wait for all; (completions, model, version)."""
-        engine: EngineClient | None = None
+        """Submit every input, then wait for all; (completions, model, version). `engine`
+        given: the one routing chose, else the request's model. `items`: the request's
+        item count when its inputs are pieces of them (html text nodes, glossary)."""
+        count = len(inputs) if items is None else items
         jobs: list[Job] = []
         path: FieldPath = _field_path("", {})
         try:
-            if not inputs:
+            if not count:
                 raise InvalidRequest(f"{list_field} must hold at least one item",
                                      field=list_field)
-            if len(inputs) > self.max_batch_texts:
+            if count > self.max_batch_texts:
                 raise InvalidRequest(
-                    f"{list_field} holds {len(inputs)} items; the limit is "
+                    f"{list_field} holds {count} items; the limit is "
                     f"{self.max_batch_texts}",
                     field=list_field,
                 )
-            engine = self.registry.get(request.model or None, request.version or None)
+            if engine is None:
+                engine = self.registry.route(inputs, request.model or None,
+                                             request.version or None)
+            elif request.version:
+                engine = self.registry.get(engine.name, request.version)
             params = decoding_params(
                 request.options if request.HasField("options") else None, engine
             )

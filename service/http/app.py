@@ -8,6 +8,7 @@ its own registry instead, shared with the gRPC server, and owns its lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +16,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service import langdetect
 from service.config import Settings
 from service.engine.core_client import CoreOptions
 from service.engine.registry import ModelRegistry
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.http.routes import health, models, oip, tasks
+from service.http.routes import health, libretranslate, models, oip, tasks
 from service.http.routes import metrics as metrics_route
+from service.http.routes.playground import mount_playground
 from service.http.state import ServerState
 from service.metrics import Metrics
 
@@ -70,6 +73,8 @@ def build_app(
             reg.add_listener(app.state.metrics)
             app.state.metrics.bind(reg)
             app.state.registry = reg
+            # Before the models: once they are ready, requests may need it.
+            await asyncio.to_thread(langdetect.identifier)
             await reg.load_all()
         yield
         if owned:
@@ -90,9 +95,10 @@ def build_app(
     app.state.registry = registry
     install_error_handlers(app)
     # oip.open_router last: it ends with the catch-all 404 for unknown /v2 paths.
-    for router in (tasks.router, models.router, health.router, metrics_route.router,
-                   oip.router, oip.open_router):
+    for router in (tasks.router, libretranslate.router, models.router, health.router,
+                   metrics_route.router, oip.router, oip.open_router):
         app.include_router(router)
+    mount_playground(app)  # GET / and /playground/*
     # Added innermost first: requests pass RequestContext -> CORS -> BodyLimit -> routes,
     # so 413s and CORS answers carry the request id and are counted.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -13,6 +14,7 @@ from service.config import Settings
 from service.engine.errors import Unavailable
 from service.engine.protocol import EngineClient
 from service.engine.registry import ModelRegistry
+from service.engine.request import TaskInput
 from service.http.errors import ApiError
 from service.http.logs import request_id_var
 from service.http.state import ServerState
@@ -94,11 +96,20 @@ async def call_context(request: Request) -> CallContext:
     return CallContext(request_id=request_id_var.get(), timeout=timeout)
 
 
-def resolve_engine(request: Request, model: str | None) -> EngineClient:
-    """The engine for `model`, or 503 while the server loads or drains, 404 if unknown."""
+def serving_registry(request: Request) -> ModelRegistry:
+    """The registry, or 503 while the server loads or drains."""
     if get_server_state(request).draining:
         raise Unavailable("server is shutting down; retry on another instance")
     registry = get_registry(request)
     if not registry.engines():
         raise Unavailable("models are still loading")
-    return registry.get(model)
+    return registry
+
+
+def resolve_engine(
+    request: Request, model: str | None, inputs: Sequence[TaskInput]
+) -> EngineClient:
+    """The engine that serves `inputs` (`model`, or the one routing picks: see
+    service/engine/routing.py); 503 while the server loads or drains, 404 for an
+    unknown model, 400 for a task or language no model serves."""
+    return serving_registry(request).route(inputs, model)

@@ -21,11 +21,11 @@ from service.engine.errors import EngineError
 from service.engine.protocol import EngineClient
 from service.engine.request import Completion, Job, TaskInput
 from service.http.errors import ApiError, error_body, from_engine_error
-from service.http.schemas import Result, TaskResponse, Usage
+from service.http.schemas import Candidate, Result, TaskResponse, Usage
 
 log = logging.getLogger(__name__)
 # Engine field names that live under `options` in the REST body.
-OPTION_FIELDS = {"max_new_tokens", "beam_size", "timeout", "min_new_tokens"}
+OPTION_FIELDS = {"max_new_tokens", "beam_size", "timeout", "min_new_tokens", "rerank"}
 
 
 class ClientDisconnected(Exception):
@@ -41,6 +41,7 @@ def submit_all(
     stream: bool,
     request_id: str,
     text_fields: Sequence[str],
+    protocol: str = "http",
 ) -> list[Job]:
     """Submit every input; if one is refused, cancel the others and raise the refusal
     as an ApiError naming the REST field (`texts[2]`, `options.max_new_tokens`)."""
@@ -49,7 +50,7 @@ def submit_all(
         rid = request_id if len(inputs) == 1 else f"{request_id}.{i}"
         try:
             jobs.append(engine.submit(
-                inp, params, timeout=timeout, protocol="http", stream=stream, request_id=rid,
+                inp, params, timeout=timeout, protocol=protocol, stream=stream, request_id=rid,
             ))
         except EngineError as e:
             for job in jobs:
@@ -108,7 +109,11 @@ def _usage(prompt: int, completion: int) -> Usage:
 def task_response(engine: EngineClient, completions: list[Completion]) -> TaskResponse:
     results = [
         Result(text=c.text, finish_reason=c.finish_reason,  # type: ignore[arg-type]
-               usage=_usage(c.prompt_tokens, c.completion_tokens))
+               usage=_usage(c.prompt_tokens, c.completion_tokens),
+               candidates=[Candidate(text=k.text, score=k.score,
+                                     discriminator_score=k.discriminator_score)
+                           for k in c.candidates]
+               if c.candidates else None)
         for c in completions
     ]
     return TaskResponse(

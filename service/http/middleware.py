@@ -27,6 +27,8 @@ from service.metrics import Metrics
 log = logging.getLogger("sora.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 REQUEST_ID_HEADER = b"x-request-id"
+# LibreTranslate's endpoints (service/http/routes/libretranslate.py): `{"error": "..."}`.
+PLAIN_ERROR_PATHS = frozenset({"/translate", "/detect", "/languages", "/frontend/settings"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -114,10 +116,11 @@ class BodyLimitMiddleware:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             message = f"request body exceeds the limit of {self.limit} bytes"
-            # Open Inference Protocol routes have their own error shape.
+            # Open Inference Protocol and LibreTranslate routes have their own error shape.
+            path = scope.get("path", "")
             body: dict[str, object] = (
                 {"error": message}
-                if scope.get("path", "").startswith("/v2")
+                if path.startswith("/v2") or path in PLAIN_ERROR_PATHS
                 else error_body("payload_too_large", message)
             )
             await _send_json(send, 413, body)

@@ -30,6 +30,15 @@ class DecodingOptions(BaseModel):
     early_stopping: bool = Field(default=True, description="beam only")
     ignore_eos: bool = Field(default=False, description="always generate max_new_tokens")
     no_repeat_ngram_size: int = Field(default=0, ge=0)
+    num_return_sequences: int = Field(
+        default=1, ge=1, le=16, description="beam only: return the n best outputs "
+        "(`results[].candidates`), at most beam_size"
+    )
+    rerank: bool = Field(
+        default=False, description="order the n best (num_return_sequences > 1) by the "
+        "checkpoint's discriminator and return its score per candidate; only models whose "
+        "`can_rerank` is true (GET /v1/models)"
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="deadline in seconds (as the X-Request-Timeout header)"
     )
@@ -57,7 +66,16 @@ class _TextsRequest(_TaskRequest):
 
 class TranslateRequest(_TextsRequest):
     target_lang: str = Field(description="language code, e.g. de")
-    source_lang: str | None = Field(default=None, description="optional hint")
+    source_lang: str | None = Field(
+        default=None, description="the texts' language; omitted or `auto`: detected"
+    )
+    format: Literal["text", "html"] = Field(
+        default="text", description="html: translate the text nodes, keep the markup as is"
+    )
+    glossary: dict[str, str] | None = Field(
+        default=None, description="{source term: target term}: each term's translation is "
+        "the given one (whole words, case-insensitive)"
+    )
 
 
 class SummarizeRequest(_TextsRequest):
@@ -77,10 +95,41 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class DetectedLanguage(BaseModel):
+    language: str
+    confidence: float = Field(description="0..1 over the served languages")
+
+
+class DetectRequest(BaseModel):
+    model_config = _FORBID
+
+    text: str = Field(min_length=1, description="at most the server's max_input_chars")
+    top: int = Field(default=3, ge=1, le=10, description="how many languages to return")
+
+
+class DetectResponse(BaseModel):
+    languages: list[DetectedLanguage] = Field(description="most likely first")
+
+
+class Candidate(BaseModel):
+    text: str
+    score: float = Field(description="log-probability / length ** length_penalty")
+    discriminator_score: float | None = Field(
+        default=None, description="rerank: the discriminator's log P(reference), by which "
+        "the candidates are ordered"
+    )
+
+
 class Result(BaseModel):
     text: str
     finish_reason: Literal["eos", "length"]
     usage: Usage
+    candidates: list[Candidate] | None = Field(
+        default=None, description="num_return_sequences > 1: the n best outputs, best first"
+    )
+    detected_language: DetectedLanguage | None = Field(
+        default=None, description="when the source language was detected"
+    )
 
 
 class TaskResponse(BaseModel):
@@ -95,14 +144,20 @@ class TaskResponse(BaseModel):
 class ModelCard(BaseModel):
     name: str
     version: str
+    architecture: str = Field(description='"sora", or the imported family ("marian", '
+                              '"bart", "mbart", "m2m100", "nllb", "t5")')
     tasks: list[str]
     languages: list[str]
+    language_pairs: list[tuple[str, str]] | None = Field(
+        description="[source, target] directions served; null: any ordered pair of "
+                    "`languages`")
     device: str
     dtype: str
     parameters: int
     max_source_tokens: int
     max_new_tokens: int
     status: str
+    can_rerank: bool = Field(description="the checkpoint carries a discriminator: `rerank` works")
 
 
 class ModelList(BaseModel):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import metadata as package_metadata
 
+from service.engine.engine import ModelInfo
 from service.engine.protocol import EngineClient
 from service.oip.infer import SETTINGS
 
@@ -38,6 +39,9 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # What the model serves (architecture, tasks, languages, language_pairs): strings,
+    # lists comma-separated, since the protocol's parameters hold only scalars.
+    parameters: dict[str, str]
 
 
 _SETTING_DATATYPES = {str: "BYTES", int: "INT64", float: "FP32", bool: "BOOL"}
@@ -75,6 +79,15 @@ def server_metadata() -> ServerMetadata:
     return ServerMetadata(SERVER_NAME, server_version(), EXTENSIONS)
 
 
+def model_parameters(info: ModelInfo) -> dict[str, str]:
+    params = {"architecture": info.architecture, "tasks": ",".join(info.tasks),
+              "languages": ",".join(info.languages)}
+    if info.language_pairs is not None:
+        params["language_pairs"] = ",".join(f"{s}-{t}" for s, t in info.language_pairs)
+    return params
+
+
 def model_metadata(engine: EngineClient) -> ModelMetadata:
     """One served version per model: the registry serves the newest."""
-    return ModelMetadata(engine.name, (engine.version,), PLATFORM, INPUTS, OUTPUTS)
+    return ModelMetadata(engine.name, (engine.version,), PLATFORM, INPUTS, OUTPUTS,
+                         model_parameters(engine.info()))

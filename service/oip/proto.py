@@ -111,4 +111,5 @@ def model_metadata_response(meta: ModelMetadata) -> pb.ModelMetadataResponse:
         platform=meta.platform,
         inputs=[_spec(t) for t in meta.inputs],
         outputs=[_spec(t) for t in meta.outputs],
+        parameters={k: pb.InferParameter(string_param=v) for k, v in meta.parameters.items()},
     )

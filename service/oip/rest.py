@@ -183,4 +183,5 @@ def model_metadata_json(meta: ModelMetadata) -> dict[str, Any]:
         "platform": meta.platform,
         "inputs": [_spec(t) for t in meta.inputs],
         "outputs": [_spec(t) for t in meta.outputs],
+        "parameters": dict(meta.parameters),
     }

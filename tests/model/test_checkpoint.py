@@ -57,7 +57,8 @@ def test_round_trip_is_bitwise(
     assert loaded.tokenizer.special_ids == tiny_tokenizer.special_ids
     assert loaded.name == "tiny-test"
     m = loaded.manifest
-    assert m["format_version"] == 1 and m["dtype"] == "float32"
+    assert m["format_version"] == 2 and m["dtype"] == "float32"
+    assert m["architecture"] == "sora" and "prompting" not in m
     assert m["parameters"] == tiny_model.num_parameters()
     assert "translate" in m["tasks"] and "de" in m["languages"]
 
@@ -145,11 +146,11 @@ def test_unknown_format_version(ckpt: Path) -> None:
     (ckpt / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     err = load_error(ckpt)
     assert err.path == ckpt / "manifest.json"
-    assert err.problem == "unknown format version 99 (this Sora reads 1)"
+    assert err.problem == "unknown format version 99 (this Sora reads 1, 2)"
 
 
 def test_malformed_json(ckpt: Path) -> None:
-    (ckpt / "manifest.json").write_text('{"format_version": 1,', encoding="utf-8")
+    (ckpt / "manifest.json").write_text('{"format_version": 2,', encoding="utf-8")
     err = load_error(ckpt)
     assert err.path == ckpt / "manifest.json"
     assert err.problem.startswith("malformed JSON: Expecting property name")
@@ -194,7 +195,7 @@ def test_errors_are_distinct(ckpt: Path, tmp_path: Path) -> None:
             "flip": data[:-2] + bytes([data[-2] ^ 1]) + data[-1:],
             "truncate": data[:10],
             "delete": data,
-            "version": data.replace(b'"format_version": 1', b'"format_version": 2'),
+            "version": data.replace(b'"format_version": 2', b'"format_version": 3'),
             "json": data[:-3],
             "utf8": b"\xff" + data,
         }[damage])
@@ -234,3 +235,28 @@ def test_failed_save_keeps_old_checkpoint(
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert verify_checkpoint(path)["name"] == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_format_version_1_loads_as_sora(ckpt: Path, tiny_model: Sora) -> None:
+    """The migration: a version-1 checkpoint (config.json without the architecture
+    fields, manifest without architecture/prompting) loads with every new field at
+    its default and computes the same logits."""
+    config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    v1_keys = ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
+               "d_ff", "dropout", "max_source_positions", "max_target_positions",
+               "activation", "pad_id", "bos_id", "eos_id", "tie_embeddings")
+    (ckpt / "config.json").write_text(json.dumps({k: config[k] for k in v1_keys}),
+                                      encoding="utf-8")
+    rehash(ckpt, "config.json")
+    manifest = json.loads((ckpt / "manifest.json").read_text(encoding="utf-8"))
+    manifest["format_version"] = 1
+    del manifest["architecture"]
+    (ckpt / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    loaded = load_checkpoint(ckpt)
+    assert loaded.model.config == tiny_model.config
+    assert loaded.tokenizer.prompting.style == "sora"
+    src = torch.tensor([[5, 6, 7, 2], [8, 2, 0, 0]])
+    tgt = torch.tensor([[1, 9, 10], [1, 11, 0]])
+    tiny_model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(src, tgt).logits, tiny_model(src, tgt).logits)

@@ -110,7 +110,7 @@ def test_inspect_table(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "verified (every sha256 matches)" in out
     rows = dict(line.split(None, 1) for line in out.splitlines()[1:])
-    assert rows["format_version"] == "1"
+    assert rows["format_version"] == "2"
     assert rows["name"] == "tiny-test"
     assert rows["dtype"] == "float32"
     assert rows["tasks"] == "translate, summarize, answer"

@@ -19,7 +19,14 @@ from model.config import ConfigError, SoraConfig
         ({"n_heads": 2.0}, "n_heads must be a positive integer, got 2.0"),
         ({"n_decoder_layers": 0}, "n_decoder_layers must be an integer >= 1, got 0"),
         ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
-        ({"activation": "swish"}, "activation must be one of ('gelu', 'relu'), got 'swish'"),
+        ({"activation": "swish"}, "activation must be one of ('gelu', 'relu', 'gelu_new', "
+                                  "'silu', 'gated-gelu', 'gated-silu'), got 'swish'"),
+        ({"norm": "batchnorm"}, "norm must be one of ('layernorm', 'rmsnorm'), got 'batchnorm'"),
+        ({"positions": "rotary"}, "positions must be one of ('sinusoidal', 'sinusoidal-halves', "
+                                  "'sinusoidal-fairseq', 'learned', 'relative'), got 'rotary'"),
+        ({"position_offset": -1}, "position_offset must be an integer >= 0, got -1"),
+        ({"positions": "sinusoidal-halves", "d_model": 9, "n_heads": 3},
+         "positions 'sinusoidal-halves' need an even d_model"),
         ({"eos_id": 8000}, "eos_id must be a token id below vocab_size, got 8000"),
         ({"pad_id": -1}, "pad_id must be a token id below vocab_size, got -1"),
     ],

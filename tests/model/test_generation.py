@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.generation import GenerationResult, generate
+from model.generation import BeamSearch, GenerationResult, generate
 from model.sampling import (
     DecodingParams,
     SamplingBatch,
@@ -173,6 +173,24 @@ def test_beam_finish_reasons(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) ->
     assert r.token_ids[0] == 100
 
 
+def test_beam_nbest_is_ranked_and_distinct() -> None:
+    """Three beams over a 5-token vocabulary (eos = 0): after one step each beam ends,
+    so the n best are the three first tokens, ranked by length-normalized score."""
+    search = BeamSearch(DecodingParams(strategy="beam", beam_size=3, max_new_tokens=3), 0)
+    first = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.1, 0.05]] * 3))
+    search.step(first)  # live beams: tokens 1, 2, 3
+    # Nothing finished yet: the live beams stand in, best first.
+    assert [h.tokens for h in search.nbest(2)] == [[1], [2]]
+    ends = torch.full((3, 5), -1e9)
+    ends[:, 0] = 0.0  # every beam ends now
+    search.step(ends)
+    best = search.nbest(3)
+    assert [h.tokens for h in best] == [[1, 0], [2, 0], [3, 0]]
+    assert [h.score for h in best] == sorted((h.score for h in best), reverse=True)
+    assert best[0] == search.best()
+    assert all(h.finish_reason == "eos" for h in best)
+
+
 @pytest.mark.parametrize(
     ("kw", "field"),
     [
@@ -184,6 +202,10 @@ def test_beam_finish_reasons(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) ->
         ({"strategy": "beam", "beam_size": 17}, "beam_size"),
         ({"strategy": "nucleus"}, "strategy"),
         ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"num_return_sequences": 2}, "num_return_sequences"),
+        ({"strategy": "beam", "beam_size": 2, "num_return_sequences": 3},
+         "num_return_sequences"),
     ],
 )
 def test_invalid_params_name_field(kw: dict[str, object], field: str) -> None:

@@ -8,7 +8,8 @@ thread with its own event loop, over a tiny random-weight checkpoint.
   built, so gRPC auth tests should start their own server with `api_keys=[...]`).
 - `start_server(**settings)` (function): a private server with Settings overrides,
   stopped (drained) after the test. `paused()` on either holds every engine step, so
-  tests can keep requests in flight without racing the clock.
+  tests can keep requests in flight without racing the clock; `stepwise()` lets the
+  steps through one at a time.
 - `service_checkpoint` (session): the checkpoint, with room for long generations
   (max_target_positions 512) so drains and disconnects have something to interrupt.
 """
@@ -139,6 +140,28 @@ class RunningServer:
             gate.set()
             for target, name in patched:
                 delattr(target, name)  # the class's method again
+
+    @contextlib.contextmanager
+    def stepwise(self) -> Iterator[tuple[threading.Semaphore, threading.Event]]:
+        """Hold the decode steps one by one: each waits for a release of the yielded
+        semaphore (or for the event, which frees them all), so a test can look at a
+        request part-way through (a stream's first pieces)."""
+        steps, free = threading.Semaphore(0), threading.Event()
+        engines = self.registry.engines()
+        for engine in engines:
+            def step(*args: Any, _original: Callable[..., Any] = engine.runner.step) -> Any:
+                if not free.is_set():
+                    steps.acquire(timeout=60)
+                return _original(*args)
+
+            engine.runner.step = step
+        try:
+            yield steps, free
+        finally:
+            free.set()
+            steps.release(10_000)
+            for engine in engines:
+                del engine.runner.step  # the class's method again
 
     def accepted(self) -> int:
         """Sequences running or waiting."""

@@ -1,12 +1,13 @@
-"""Helpers shared by the service tests: Server-Sent Events parsing, polling, and a
-background compile held until the test lets it land."""
+"""Helpers shared by the service tests: Server-Sent Events parsing, polling, a full
+queue, and a background compile held until the test lets it land."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +38,24 @@ def wait_for(cond: Callable[[], Any], what: str, limit_s: float = 30.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def queue_full(srv: Any, call: Callable[[], None]) -> Iterator[None]:
+    """On a server started with max_batch_sequences=1 and max_waiting=1: runs `call` on
+    two threads so one request runs and one waits, holds the engine while the block
+    runs (any further request is refused), then lets both finish."""
+    with srv.paused() as gate:
+        first = threading.Thread(target=call)
+        first.start()
+        wait_for(lambda: srv.running() == 1, "the first request running")
+        second = threading.Thread(target=call)
+        second.start()
+        wait_for(lambda: srv.accepted() == 2, "the second request waiting")
+        yield
+        gate.set()
+        first.join()
+        second.join()
 
 
 HANG_S = 900.0  # only bounds a hang (a cold compile on 2 busy cores): no threshold

@@ -149,3 +149,15 @@ def test_a_dead_core_is_replaced_and_counted(service_checkpoint: Path) -> None:
         assert restarts == {(("model", "tiny"),): 1.0}
     finally:
         srv.stop()
+
+
+def test_nbest_candidates_cross_the_process_boundary(
+    core_server: RunningServer, server: RunningServer
+) -> None:
+    body = {"text": TEXTS[0], "target_lang": "de", "source_lang": "en",
+            "options": {"strategy": "beam", "num_return_sequences": 3, "max_new_tokens": 8}}
+    results = [httpx.post(s.http_url + "/v1/translate", json=body, timeout=60).json()
+               for s in (core_server, server)]
+    core, local = (r["results"][0]["candidates"] for r in results)
+    assert [c["text"] for c in core] == [c["text"] for c in local] and len(core) == 3
+    assert [c["score"] for c in core] == pytest.approx([c["score"] for c in local])

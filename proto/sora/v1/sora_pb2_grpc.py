@@ -61,6 +61,11 @@ class SoraStub(object):
                 request_serializer=sora_dot_v1_dot_sora__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=sora_dot_v1_dot_sora__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Detect = channel.unary_unary(
+                '/sora.v1.Sora/Detect',
+                request_serializer=sora_dot_v1_dot_sora__pb2.DetectRequest.SerializeToString,
+                response_deserializer=sora_dot_v1_dot_sora__pb2.DetectResponse.FromString,
+                _registered_method=True)
 
 
 class SoraServicer(object):
@@ -104,6 +109,14 @@ class SoraServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Detect(self, request, context):
+        """The languages a text is most likely written in, over the languages the loaded
+        models translate. INVALID_ARGUMENT (naming it) when it is in another language.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SoraServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_SoraServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=sora_dot_v1_dot_sora__pb2.ListModelsRequest.FromString,
                     response_serializer=sora_dot_v1_dot_sora__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Detect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detect,
+                    request_deserializer=sora_dot_v1_dot_sora__pb2.DetectRequest.FromString,
+                    response_serializer=sora_dot_v1_dot_sora__pb2.DetectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +288,33 @@ class Sora(object):
             '/sora.v1.Sora/ListModels',
             sora_dot_v1_dot_sora__pb2.ListModelsRequest.SerializeToString,
             sora_dot_v1_dot_sora__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sora.v1.Sora/Detect',
+            sora_dot_v1_dot_sora__pb2.DetectRequest.SerializeToString,
+            sora_dot_v1_dot_sora__pb2.DetectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,16 +13,19 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 def card(info: ModelInfo) -> ModelCard:
     return ModelCard(
-        name=info.name, version=info.version, tasks=list(info.tasks),
-        languages=list(info.languages), device=info.device, dtype=info.dtype,
+        name=info.name, version=info.version, architecture=info.architecture,
+        tasks=list(info.tasks), languages=list(info.languages),
+        language_pairs=None if info.language_pairs is None else list(info.language_pairs),
+        device=info.device, dtype=info.dtype,
         parameters=info.parameters, max_source_tokens=info.max_source_tokens,
-        max_new_tokens=info.max_new_tokens, status=info.state,
+        max_new_tokens=info.max_new_tokens, status=info.state, can_rerank=info.can_rerank,
     )
 
 
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    """Every model served: name, version, tasks, languages, device and status."""
+    """Every model served: name, version, architecture, tasks, languages (and language
+    pairs), device and status."""
     return ModelList(models=[card(i) for i in get_registry(request).list()])
 
 

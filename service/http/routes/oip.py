@@ -179,6 +179,7 @@ async def infer(
         task = task_label(rest.request)
         plan = make_plan(rest.request, engine,
                          max_texts=get_settings(request).max_batch_texts)
+        get_registry(request).route(plan.inputs, engine.name, engine.version)
         jobs = submit(engine, plan, protocol=PROTOCOL_HTTP,
                       request_id=rest.request.id or ctx.request_id,
                       timeout=_timeout(ctx, plan.timeout, request))

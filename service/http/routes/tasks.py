@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.sampling import DecodingParams
+from service.engine.autodetect import detect, route
 from service.engine.protocol import EngineClient
 from service.engine.request import TaskInput
 from service.http.deps import (
@@ -18,17 +19,22 @@ from service.http.deps import (
     get_settings,
     require_api_key,
     resolve_engine,
+    serving_registry,
 )
 from service.http.errors import CLIENT_CLOSED_REQUEST, ApiError
 from service.http.jobs import ClientDisconnected, sse_stream, submit_all, task_response, wait_all
 from service.http.schemas import (
     AnswerRequest,
     DecodingOptions,
+    DetectedLanguage,
+    DetectRequest,
+    DetectResponse,
     ErrorResponse,
     SummarizeRequest,
     TaskResponse,
     TranslateRequest,
 )
+from service.pieces import Plan, plan
 
 router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_api_key)])
 
@@ -96,8 +102,10 @@ async def _run(
     options: DecodingOptions,
     stream: bool,
     max_length: int | None = None,
+    engine: EngineClient | None = None,
+    cut: Plan | None = None,
 ) -> Response | TaskResponse:
-    engine = resolve_engine(request, model)
+    engine = engine or resolve_engine(request, model, inputs)
     request.state.model = engine.name  # refusals from here on are counted per model
     params = _params(options, engine, max_length)
     jobs = submit_all(
@@ -115,22 +123,55 @@ async def _run(
         completions = await wait_all(request, jobs)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if cut is not None:
+        completions = cut.join(completions)
     return task_response(engine, completions)
 
 
-@router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/translate", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def translate(
     body: TranslateRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:
-    """Translate `text` (or each of `texts`) into `target_lang`."""
+    """Translate `text` (or each of `texts`) into `target_lang`; without `source_lang`
+    (or with `auto`) each text's language is detected and reported."""
     texts, fields = _texts(body, get_settings(request).max_batch_texts)
+    # html text nodes, then the text between glossary terms: each piece one input.
+    cut = plan(texts, html=body.format == "html", glossary=body.glossary,
+               stream=body.stream, text_field=fields[0])
+    chosen = route(serving_registry(request), body.model, body.source_lang, body.target_lang,
+                   cut.plain(), fields)
+    owner = cut.owner
+    detected = chosen.detections
     inputs = [TaskInput("translate", t, target_lang=body.target_lang,
-                        source_lang=body.source_lang) for t in texts]
-    return await _run(request, ctx, "translate", body.model, inputs, fields, body.options,
-                      body.stream)
+                        source_lang=detected[i].language if detected else body.source_lang)
+              for t, i in zip(cut.pieces, owner, strict=True)]
+    response = await _run(request, ctx, "translate", body.model, inputs,
+                          [fields[i] for i in owner], body.options, body.stream,
+                          engine=chosen.engine, cut=cut)
+    if detected and isinstance(response, TaskResponse):
+        for result, d in zip(response.results, detected, strict=True):
+            result.detected_language = DetectedLanguage(language=d.language,
+                                                        confidence=d.confidence)
+    return response
 
 
-@router.post("/summarize", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/detect", response_model=DetectResponse, responses=ERRORS)
+async def detect_language(body: DetectRequest, request: Request) -> DetectResponse:
+    """The languages `text` is most likely in, over the languages the models serve."""
+    registry = serving_registry(request)
+    limit = get_settings(request).max_input_chars
+    if len(body.text) > limit:
+        raise ApiError(400, "input_too_long",
+                       f"text has {len(body.text)} characters; the limit is {limit}", field="text")
+    found = detect(registry, body.text, top=body.top)
+    return DetectResponse(languages=[
+        DetectedLanguage(language=d.language, confidence=d.confidence) for d in found
+    ])
+
+
+@router.post("/summarize", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def summarize(
     body: SummarizeRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:
@@ -141,7 +182,8 @@ async def summarize(
                       body.stream, max_length=body.max_length)
 
 
-@router.post("/answer", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC})
+@router.post("/answer", response_model=TaskResponse, responses={**ERRORS, **STREAM_DOC},
+             response_model_exclude_none=True)
 async def answer(
     body: AnswerRequest, request: Request, ctx: CallContext = Depends(call_context)
 ) -> Response | TaskResponse:

@@ -5,17 +5,19 @@ objective step (discriminator update, reward, policy-gradient + likelihood loss)
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cli.main import main as sora_main
+from model import discriminator as D
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import SoraConfig
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
-from model.training import discriminator as D
 from model.training.adversarial import AdversarialObjective
 from model.training.batching import collate
 from model.training.distributed import DistContext
@@ -112,3 +114,24 @@ def test_objective_step_and_state_roundtrip(
     s1, s2 = obj.disc_opt.state_dict()["state"], other.disc_opt.state_dict()["state"]
     assert all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1)
     assert np.isclose(meta["baseline"], obj.baseline)
+
+
+def test_final_carries_the_discriminator_and_eval_reranks_by_it(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    final = tiny_run / "final"
+    manifest = json.loads((final / "manifest.json").read_text())
+    # Whichever generator was kept, the adversarial stage's discriminator travels.
+    assert D.has_discriminator(manifest)
+    assert (final / D.WEIGHTS_FILE).read_bytes() == (
+        tiny_run / "adversarial" / D.WEIGHTS_FILE).read_bytes()
+    args = ["eval", "--checkpoint", str(final), "--data", str(tiny_data), "--split",
+            "valid", "--tasks", "translate", "--max-examples", "3",
+            "--max-new-tokens", "8", "--device", "cpu", "--rerank"]
+    out = tmp_path / "rerank.json"
+    assert sora_main([*args, "--beam-size", "3", "--out", str(out)]) == 0
+    assert "beam 3, n-best 3 reranked decoding" in capsys.readouterr().out
+    decoding = json.loads(out.read_text())["decoding"]
+    assert decoding["rerank"] is True and decoding["num_return_sequences"] == 3
+    assert sora_main(args) == 2  # greedy (beam size 1): no n-best to rerank
+    assert "--rerank needs --beam-size > 1" in capsys.readouterr().err

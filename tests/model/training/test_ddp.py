@@ -4,6 +4,7 @@ the global token count, so the averaged gradients equal the one-process gradient
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,10 +23,10 @@ ARGS = ["train", "tiny", "--data", str(TINY_DATA), "--no-progress", "--set", "mo
         "--stages", "tokenizer,pretrain,finetune"]
 
 
-def _run(cmd: list[str], out: Path) -> None:
+def _run(cmd: list[str], out: Path, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*cmd, "--log-level", "WARNING", *ARGS, "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, "--log-level", "WARNING", *ARGS, *extra, "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -41,14 +42,37 @@ def _key_bias_free(name: str, t: torch.Tensor, d: int) -> torch.Tensor:
     return t
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None
-                    and shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_two_processes_take_the_same_steps_as_one(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "cli.main"], one)
-    _run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "cli.main"], two)
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(
+    "torchrun")
+needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 
+
+def _one_and_two(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    """OUT of the same run in one process and in two (torchrun)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "cli.main"], one, *extra)
+    _run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cli.main"], two, *extra)
+    return one, two
+
+
+@needs_torchrun
+def test_two_processes_take_the_same_steps_as_one(tmp_path: Path) -> None:
+    one, two = _one_and_two(tmp_path)
+    _assert_same_run(one, two, ("pretrain", "finetune"))
+
+
+@needs_torchrun
+def test_fine_tuning_init_from_on_two_processes_matches_one(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    one, two = _one_and_two(tmp_path, "--stages", "finetune", "--set",
+                            f"init_from={tiny_checkpoint}")
+    _assert_same_run(one, two, ("finetune",))
+    manifest = json.loads((two / "final" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["init_from"]["path"] == str(tiny_checkpoint.resolve())
+
+
+def _assert_same_run(one: Path, two: Path, stages: tuple[str, ...]) -> None:
     rows1, rows2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     keys = [(r["stage"], r["step"], r["kind"]) for r in rows2]
     assert len(keys) == len(set(keys)), "only rank 0 writes metrics"
@@ -61,7 +85,7 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path: Path) -> None:
             assert a["tokens"] == b["tokens"]  # same data, split between the ranks
 
     d = 32  # tiny d_model
-    for stage in ("pretrain", "finetune"):
+    for stage in stages:
         w1 = load_file(str(one / stage / "model.safetensors"))
         w2 = load_file(str(two / stage / "model.safetensors"))
         for name, t in w1.items():

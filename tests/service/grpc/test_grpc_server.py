@@ -109,4 +109,5 @@ async def test_reflection_describes_the_service(serve: Any) -> None:
     )
     assert (fd.name, fd.package) == ("sora/v1/sora.proto", "sora.v1")
     methods = {m.name for m in fd.service[0].method}
-    assert methods == {"Translate", "Summarize", "Answer", "GenerateStream", "ListModels"}
+    assert methods == {"Translate", "Summarize", "Answer", "GenerateStream", "ListModels",
+                       "Detect"}

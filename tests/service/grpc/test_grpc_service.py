@@ -216,3 +216,26 @@ async def test_message_size_limit(serve: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await served.stub().Summarize(sora_pb2.SummarizeRequest(texts=["word " * 400]))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_num_return_sequences_returns_candidates(serve: Any) -> None:
+    served = await serve()
+    options = sora_pb2.DecodingOptions(strategy=sora_pb2.DecodingOptions.STRATEGY_BEAM,
+                                       beam_size=4, num_return_sequences=3, max_new_tokens=8)
+    reply = await served.stub().Translate(
+        sora_pb2.TranslateRequest(texts=TEXTS[:1], target_lang="de", source_lang="en",
+                                  options=options))
+    [result] = reply.results
+    assert len(result.candidates) == 3 and result.candidates[0].text == result.text
+    scores = [c.score for c in result.candidates]
+    assert scores == sorted(scores, reverse=True)
+    alone = await served.engine.generate(
+        TaskInput("translate", TEXTS[0], target_lang="de"),
+        DecodingParams(strategy="beam", beam_size=4, num_return_sequences=3, max_new_tokens=8))
+    assert alone.candidates is not None
+    assert [c.text for c in result.candidates] == [c.text for c in alone.candidates]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await served.stub().Translate(sora_pb2.TranslateRequest(
+            texts=TEXTS[:1], target_lang="de", source_lang="en",
+            options=sora_pb2.DecodingOptions(num_return_sequences=2)))
+    assert trailing(e.value)["sora-error-field"] == "options.num_return_sequences"

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from support import wait_for
+from support import queue_full
 
 
 def post(server: Any, path: str, body: Any = None, **kw: Any) -> httpx.Response:
@@ -185,19 +184,10 @@ def test_overloaded_is_429_with_retry_after(start_server: Any) -> None:
     def call() -> None:
         results.append(post(srv, "/v1/translate", body))
 
-    with srv.paused() as gate:
-        first = threading.Thread(target=call)
-        first.start()
-        wait_for(lambda: srv.running() == 1, "the first request running")
-        second = threading.Thread(target=call)
-        second.start()
-        wait_for(lambda: srv.accepted() == 2, "the second request waiting")
+    with queue_full(srv, call):
         rejected = post(srv, "/v1/translate", body)
         # A request whose texts do not all fit is refused whole.
         rejected_batch = post(srv, "/v1/translate", {**body, "text": None, "texts": ["a", "b"]})
-        gate.set()
-        first.join()
-        second.join()
     assert rejected.status_code == 429, rejected.text
     assert error_of(rejected)["code"] == "overloaded"
     assert int(rejected.headers["retry-after"]) >= 1

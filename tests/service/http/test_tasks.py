@@ -193,3 +193,29 @@ def test_api_key_accepted(server: Any, header: str) -> None:
         r = c.post("/v1/translate", headers={header: value},
                    json={"text": "Hi", "target_lang": "de", "options": {"max_new_tokens": 2}})
     assert r.status_code == 200, r.text
+
+
+def test_num_return_sequences_returns_the_n_best(server: Any) -> None:
+    options = {"strategy": "beam", "beam_size": 4, "num_return_sequences": 3,
+               "max_new_tokens": 8}
+    with client(server) as c:
+        r = c.post("/v1/translate", json={"texts": ["Hello world", "Good morning"],
+                                          "target_lang": "de", "options": options})
+        alone = c.post("/v1/translate", json={"text": "Hello world", "target_lang": "de",
+                                              "options": {**options,
+                                                          "num_return_sequences": 1}})
+        bad = c.post("/v1/translate", json={"text": "Hello", "target_lang": "de",
+                                            "options": {"num_return_sequences": 2}})
+    assert r.status_code == 200, r.text
+    for result in r.json()["results"]:
+        candidates = result["candidates"]
+        assert len(candidates) == 3
+        assert candidates[0]["text"] == result["text"]
+        assert len({c["text"] for c in candidates}) == 3
+        scores = [c["score"] for c in candidates]
+        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    # The best of the n equals the single beam answer; no candidates without n-best.
+    assert alone.json()["results"][0]["text"] == r.json()["results"][0]["text"]
+    assert "candidates" not in alone.json()["results"][0]
+    assert bad.status_code == 400
+    assert bad.json()["error"]["field"] == "options.num_return_sequences"

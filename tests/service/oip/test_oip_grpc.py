@@ -136,7 +136,7 @@ def test_errors_map_to_status_codes(client: Any) -> None:
     summarize = {"task": "summarize"}
     with pytest.raises(InferenceServerException) as e:
         client.infer("nope", [bytes_input("text", ["x"])], parameters=summarize)
-    assert _status(e) == ("StatusCode.NOT_FOUND", "model 'nope' not found")
+    assert _status(e) == ("StatusCode.NOT_FOUND", "model 'nope' not found; serving tiny")
 
     fp32 = grpcclient.InferInput("text", [1], "FP32")
     fp32.set_data_from_numpy(np.array([1.5], dtype=np.float32))

@@ -142,7 +142,7 @@ def test_errors_follow_the_protocol(client: Any) -> None:
     params = {"task": "summarize"}
     with pytest.raises(InferenceServerException) as e:
         client.infer("nope", [bytes_input("text", ["x"])], parameters=params)
-    assert _error(e) == ("404", "model 'nope' not found")
+    assert _error(e) == ("404", "model 'nope' not found; serving tiny")
     with pytest.raises(InferenceServerException) as e:
         client.infer(MODEL, [bytes_input("text", ["x"])], model_version="9",
                      parameters=params)

@@ -8,11 +8,13 @@ checkpoint as two extra files, hashed by the manifest like the weights:
     discriminator.safetensors   its weights
     discriminator.json          its shape (encoder SoraConfig fields + head width)
 
-`score_candidates` scores an n-best list with it, e.g. to rerank beam outputs.
+`score_candidates` scores an n-best list with it: serving reranks beam outputs by it
+(`rerank`), so this module is model code that training and serving both import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -24,9 +26,10 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor, nn
 
-from model.checkpoint import verify_checkpoint
+from model.checkpoint import MANIFEST, CheckpointError
 from model.config import SoraConfig
-from model.layers import EncoderLayer, sinusoidal_table
+from model.layers import EncoderLayer
+from model.positions import sinusoidal_table
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
 
@@ -123,16 +126,42 @@ def to_files(disc: Discriminator) -> dict[str, bytes]:
     }
 
 
-def load_discriminator(path: str | Path, device: str | torch.device = "cpu") -> Discriminator:
-    """The discriminator stored in checkpoint directory `path` (verified first)."""
+def has_discriminator(manifest: dict[str, Any]) -> bool:
+    """Whether a checkpoint's manifest lists a discriminator (both of its files)."""
+    files = manifest.get("files") or {}
+    return WEIGHTS_FILE in files and CONFIG_FILE in files
+
+
+def load_discriminator(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> Discriminator:
+    """The discriminator stored in checkpoint directory `path`, in eval mode.
+
+    Only files the manifest lists are read, and each one's bytes are checked against its
+    sha256 there before use (the bytes read are the bytes loaded: no pickle, no window
+    for a swap). `manifest`: the checkpoint's, when the caller has it already."""
     path = Path(path)
-    manifest = verify_checkpoint(path)
-    if WEIGHTS_FILE not in manifest["files"] or CONFIG_FILE not in manifest["files"]:
+    if manifest is None:
+        manifest = json.loads((path / MANIFEST).read_text("utf-8"))
+    if not has_discriminator(manifest):
         raise FileNotFoundError(f"{path}: this checkpoint carries no discriminator")
-    config = DiscriminatorConfig.from_dict(json.loads((path / CONFIG_FILE).read_text("utf-8")))
-    disc = Discriminator(config)
-    disc.load_state_dict(load((path / WEIGHTS_FILE).read_bytes()))
-    return disc.to(device).eval()
+    data = {}
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        raw = (path / name).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != manifest["files"][name].get("sha256"):
+            raise CheckpointError(path / name, "sha256 mismatch: the file is corrupted or was "
+                                  "modified")
+        data[name] = raw
+    try:
+        config = DiscriminatorConfig.from_dict(json.loads(data[CONFIG_FILE].decode("utf-8")))
+        disc = Discriminator(config)
+        disc.load_state_dict(load(data[WEIGHTS_FILE]))
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise CheckpointError(path / WEIGHTS_FILE, f"unusable discriminator: {e}") from e
+    return disc.to(device=device, dtype=dtype or torch.float32).eval()
 
 
 @torch.inference_mode()
@@ -153,3 +182,15 @@ def score_candidates(
         logits = disc(pad(rows[i : i + batch_size], tokenizer.pad_id, device))
         out.extend(torch.nn.functional.logsigmoid(logits.float()).tolist())
     return out
+
+
+def rerank(
+    disc: Discriminator,
+    tokenizer: SoraTokenizer,
+    source: Sequence[int],
+    candidates: Sequence[Sequence[int]],
+) -> list[tuple[int, float]]:
+    """(index into `candidates`, score) of an n-best list, the discriminator's favourite
+    first; scored in one batch, and stable, so ties keep the given (beam) order."""
+    scores = score_candidates(disc, tokenizer, source, candidates)
+    return sorted(enumerate(scores), key=lambda p: -p[1])
