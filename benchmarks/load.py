@@ -330,11 +330,16 @@ def local_server(repository: Path, **overrides: Any) -> Iterator[tuple[str, str 
             time.sleep(0.2)
         yield url, f"127.0.0.1:{grpc_port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains and exits), SIGKILL if it has not within 2 min."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # -- table -----------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def with_precision(model: Sora, precision: str, device: str = "cpu") -> Sora:
     dtype = torch.bfloat16 if precision.startswith("bfloat16") else torch.float32
     copy = copy.to(device=device, dtype=dtype)
     return prepare_for_inference(copy, quantize=precision == "int8",
-                                 compile="on" if precision.endswith("-compiled") else "off")
+                                 compile="wait" if precision.endswith("-compiled") else "off")
 
 
 class _NoText:

@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--precisions", default="float32,float32-compiled",
                    help="comma-separated: float32 (eager), float32-compiled (what `sora "
-                   "serve` runs on CPU; compiles first), bfloat16 (fast on CPUs with AMX), "
-                   "int8")
+                   "serve` runs on CPU once compiled; compiles first), bfloat16 (fast on "
+                   "CPUs with AMX), int8")
     m.set_defaults(func=run_model)
 
     # Serving benchmarks keep their own options: `sora bench engine -h` lists them.

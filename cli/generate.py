@@ -20,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (CPU)")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
-                   help="encoder and decode steps through torch.compile: pays off for many "
-                   "or long inputs, after 30-90 s of compiling (default off)")
+    p.add_argument("--compile", choices=["wait", "off", "on", "auto"], default="off",
+                   help="wait: encoder and decode steps through torch.compile, compiled "
+                   "first: pays off for many or long inputs, after 30-90 s of compiling "
+                   "(default off). on: deprecated name of wait; auto: wait where it applies "
+                   "(CPU fp32 with a C++ compiler)")
     p.add_argument("--verbose", action="store_true", help="also print finish reason and score")
     add_decoding_args(p)
     p.set_defaults(func=run)
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError, load_checkpoint
-    from model.device import prepare_for_inference, resolve_device
+    from model.device import compile_mode, compile_skipped, prepare_for_inference, resolve_device
     from model.generation import generate
     from model.sampling import DecodingParams
     from model.tokenizer import TokenizerError
@@ -53,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         # NLLB/M2M100: the target language's code is the first output token.
         forced = [ckpt.tokenizer.forced_ids(args.task, args.target_lang)] * len(texts)
-        model = prepare_for_inference(ckpt.model, quantize=args.quantize, compile=args.compile)
+        mode = compile_mode(args.compile)
+        if mode == "background":  # nothing runs after generating: compile first or never
+            mode = "off" if compile_skipped(device, dtype, args.quantize) else "wait"
+        model = prepare_for_inference(ckpt.model, quantize=args.quantize, compile=mode)
     except (ValueError, CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,9 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16")
     models.add_argument("--quantize-int8", action="store_const", const=True, default=None,
                         help="int8 dynamic quantization (CPU)")
-    models.add_argument("--compile", choices=["auto", "on", "off"], default=None,
-                        help="encoder and decode steps through torch.compile (default "
-                        "auto: CPU fp32 with a C++ compiler)")
+    models.add_argument("--compile", choices=["background", "wait", "off", "on", "auto"],
+                        default=None,
+                        help="encoder and decode steps through torch.compile: background "
+                        "(default; serve eagerly at once, swap the compiled steps in when "
+                        "built; CPU fp32 with a C++ compiler), wait (compile before ready), "
+                        "off. on/auto: deprecated names of wait/background")
+    models.add_argument("--compile-cache-dir", type=Path, default=None,
+                        help="inductor's on-disk cache, reused by the next start")
     models.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
                         help="run each model's engine in a process of its own")
     models.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,

@@ -46,45 +46,54 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-COMPILE_MODES = ("auto", "on", "off")
+# wait: compile before serving (start-up waits for it; a failure stops it). background:
+# serve eagerly at once where compiling applies (`compile_skipped`), compile on another
+# thread and swap the compiled steps in (the engine does). off: never compile.
+COMPILE_MODES = ("background", "wait", "off")
+# Earlier names, still accepted: on compiled before serving, auto where it applies.
+DEPRECATED_COMPILE_MODES = {"on": "wait", "auto": "background"}
 
 
-def compiles_by_default(device: torch.device, dtype: torch.dtype) -> bool:
-    """What compile=auto picks: on for CPU fp32 where a C++ compiler is installed
-    (inductor builds its CPU kernels with it), where decode steps were measured at
-    ~1.2-1.3x eager and the encoder at ~1.3x at batch 64. GPUs were not measured in
-    this project: off unless asked."""
-    return (device.type == "cpu" and dtype == torch.float32
-            and any(shutil.which(c) for c in ("g++", "c++", "clang++")))
+def compile_mode(value: str) -> str:
+    """`value` as one of COMPILE_MODES; a deprecated name is logged and translated."""
+    if value in DEPRECATED_COMPILE_MODES:
+        mode = DEPRECATED_COMPILE_MODES[value]
+        log.warning("compile=%s is deprecated; use compile=%s", value, mode)
+        return mode
+    if value not in COMPILE_MODES:
+        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    return value
+
+
+def compile_skipped(device: torch.device, dtype: torch.dtype, quantize: bool = False) -> str | None:
+    """Why compile=background serves this model eagerly, or None where it compiles:
+    CPU fp32 with a C++ compiler (inductor builds its CPU kernels with it), where decode
+    steps were measured at ~1.2-1.3x eager and the encoder at ~1.3x at batch 64. GPUs
+    were not measured in this project: compile=wait there."""
+    if quantize:
+        return "int8 quantized models are not compiled"
+    if device.type != "cpu" or dtype != torch.float32:
+        return f"compiling is measured for CPU float32 only, not {device.type} {dtype}"
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler (g++, c++ or clang++) on PATH"
+    return None
 
 
 def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str = "off") -> Sora:
     """`model` (on its device, in eval mode) laid out as Sora serves it: int8 dynamic
-    quantization (CPU), or decoder weights column-major (CPU fp32) and the model
-    compiled (`Sora.compile_for_inference`) when `compile` says so (on | off | auto, see
-    `compiles_by_default`). Compiling warms up now; when it fails, `on` raises and
-    `auto` logs why and runs the model eagerly."""
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    quantization (CPU), or decoder weights column-major (CPU fp32), compiled now
+    (`Sora.compile_for_inference`; a failure raises) when `compile` is wait. background
+    and off leave it eager here: background compiles later, on the engine's terms."""
+    compile = compile_mode(compile)
     if quantize:
         if model.embed.weight.device.type != "cpu":
             raise ValueError("quantize_int8 is for CPU inference only")
-        if compile == "on":
-            raise ValueError("compile=on does not apply to int8 quantized models")
+        if compile == "wait":
+            raise ValueError("compile=wait does not apply to int8 quantized models")
         return quantize_int8(model)  # type: ignore[return-value]
     model = model.column_major_decoder()
-    weight = model.embed.weight
-    if compile == "off" or (compile == "auto"
-                            and not compiles_by_default(weight.device, weight.dtype)):
-        return model
-    start = time.perf_counter()
-    try:
+    if compile == "wait":
+        start = time.perf_counter()
         model.compile_for_inference()
-    except Exception as e:
-        if compile == "on":
-            raise
-        log.warning("compiling the model failed, running it eagerly: %s: %s",
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return model
-    log.info("encoder and decode steps compiled in %.1f s", time.perf_counter() - start)
+        log.info("encoder and decode steps compiled in %.1f s", time.perf_counter() - start)
     return model

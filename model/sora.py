@@ -6,6 +6,7 @@ model.positions), so the steps below read the same for every family."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ PACK_ABOVE = 0.9
 
 # Sora._encode_packed's signature: (h, index, rows, mask, batch, length) -> memory.
 EncodePacked = Callable[[Tensor, Tensor, Tensor, Tensor, int, int], Tensor]
+DecodeStep = Callable[[Tensor, KVCache, Attend], Tensor]
+
+
+@dataclass(frozen=True)
+class CompiledSteps:
+    """A model's decode step and packed encoder through torch.compile, warmed up
+    (`Sora.compiled_steps`); in use once `Sora.use_compiled` installs them."""
+
+    decode: DecodeStep
+    encode: EncodePacked
 
 
 @dataclass
@@ -70,7 +81,7 @@ class Sora(nn.Module):
             self.encoder_bias = RelativeBias(config, bidirectional=True)
             self.decoder_bias = RelativeBias(config, bidirectional=False)
         self.lm_head: nn.Linear | None = None
-        self._compiled_decode: Callable[[Tensor, KVCache, Attend], Tensor] | None = None
+        self._compiled_decode: DecodeStep | None = None
         self._compiled_encode: EncodePacked | None = None
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -248,30 +259,45 @@ class Sora(nn.Module):
         return self.output_logits(self.decoder_norm(x[:, 0]))
 
     def compile_for_inference(self) -> Sora:
-        """Run decode steps and the encoder's layers on packed sources through
-        torch.compile (inductor). It fuses the small ops between the matrix products
-        (norms, residuals, activation, attention's scale, mask and softmax, the packing's
+        """Compile (`compiled_steps`) and use the compiled steps at once. Raises, and
+        leaves the model eager, when the compiler fails. For inference only: training
+        never calls it."""
+        self.use_compiled(self.compiled_steps())
+        return self
+
+    def compiled_steps(self) -> CompiledSteps:
+        """Decode steps and the encoder's layers on packed sources through torch.compile
+        (inductor). It fuses the small ops between the matrix products (norms,
+        residuals, activation, attention's scale, mask and softmax, the packing's
         gathers) and drops most of the per-op dispatch: ~1.1-1.3x the eager decode step
-        on CPU at batch 1 to 64, ~1.3x the eager encoder at batch 64. Every step then
+        on CPU at batch 1 to 64, ~1.3x the eager encoder at batch 64. Every compiled step
         writes and masks as if its rows were at different positions
         (`KVCache.begin_step(uniform=True)`), so a few graphs serve every step, batch
         size and source length. A warm-up compiles them now (~90 s on a 2-core CPU,
         ~30 s when inductor's on-disk cache has them) so that no request waits for it.
-        Raises, and leaves the model eager, when the compiler fails (no C++ compiler,
-        unsupported device). For inference only: training never calls it."""
+        The model itself stays eager until `use_compiled`: another thread may serve
+        with it meanwhile. Raises when the compiler fails (no C++ compiler,
+        unsupported device)."""
         # Every model compiled in this process shares each function's graph cache: models
         # of one shape reuse its graphs, each other shape adds two. Dynamo's default limit
         # (8 per function) would send a fifth shape back to eager.
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
-        self._compiled_decode = torch.compile(self._decode, dynamic=True)
-        self._compiled_encode = torch.compile(self._encode_packed, dynamic=True)
-        try:
-            self._warm_up()
-        except Exception:
-            self._compiled_decode = self._compiled_encode = None
-            raise
-        return self
+        steps = CompiledSteps(torch.compile(self._decode, dynamic=True),
+                              torch.compile(self._encode_packed, dynamic=True))
+        # The warm-up runs on a shallow copy that shares every weight and module, with
+        # the steps installed on it alone.
+        twin = copy.copy(self)
+        twin.use_compiled(steps)
+        twin._warm_up()
+        return steps
+
+    def use_compiled(self, steps: CompiledSteps | None) -> None:
+        """Run encode() and decode_step() through `steps` from the next call (None: run
+        eagerly). A cache built by either kind of step continues under the other.
+        Callers that decode on another thread install between two steps."""
+        self._compiled_decode = steps.decode if steps is not None else None
+        self._compiled_encode = steps.encode if steps is not None else None
 
     @torch.inference_mode()
     def _warm_up(self) -> None:

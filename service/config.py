@@ -39,6 +39,7 @@ from pydantic_settings import (
 )
 
 from model.checkpoint import DEFAULT_CHECKPOINT
+from model.device import compile_mode
 from service.engine.config import EngineConfig
 
 if sys.version_info >= (3, 11):
@@ -135,11 +136,17 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantize_int8: bool = False
     # Encoder and decode steps through torch.compile (inductor): ~1.2-1.3x a CPU decode
-    # step, ~1.3x a batch-64 encoder pass, paid for with ~90 s of compiling at
-    # start-up on 2 cores (~30 s with inductor's on-disk cache).
-    # auto: on for CPU float32 where a C++ compiler is installed; a failing compiler
-    # then only logs a warning. on: always, and a failure stops start-up.
-    compile: Literal["auto", "on", "off"] = "auto"
+    # step, ~1.3x a batch-64 encoder pass, paid for with ~90 s of compiling on 2 cores
+    # (~30 s with inductor's on-disk cache, compile_cache_dir).
+    # background: ready as soon as the model is loaded, serving eagerly; compiled on a
+    # thread of its own and swapped in between two engine steps (CPU float32 with a C++
+    # compiler; elsewhere eager; a failing compile only logs why). wait: compile before
+    # ready, and a failure stops start-up (benchmarks). off: never. on / auto: the
+    # earlier names of wait / background.
+    compile: str = "background"
+    # inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): compiled kernels and graphs a
+    # restart reuses. None: inductor's default, under /tmp.
+    compile_cache_dir: Path | None = None
     # torch intra-op threads; 0 keeps torch's default (one per core). On a small CPU, one
     # fewer than the cores leaves the event loop a core of its own.
     torch_threads: int = Field(default=0, ge=0)
@@ -214,6 +221,11 @@ class Settings(BaseSettings):
             if value not in LOG_LEVELS:
                 raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
         return value
+
+    @field_validator("compile")
+    @classmethod
+    def _compile(cls, value: str) -> str:
+        return compile_mode(value)
 
     @field_validator("dtype")
     @classmethod

@@ -2,7 +2,8 @@
 in the same event loop.
 
 Start-up: both servers bind and start first (liveness answers, readiness says 503 /
-NOT_SERVING), then every model loads and warms up, then readiness turns on.
+NOT_SERVING), then every model loads and warms up, then readiness turns on. With
+compile=background (the default) the models are compiled after that, while serving.
 
 Shutdown on SIGTERM/SIGINT: readiness turns off at once (HTTP /health/ready 503, gRPC
 health NOT_SERVING) and new requests get 503 / UNAVAILABLE; accepted requests finish
@@ -15,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +65,20 @@ def _bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen for HTTP on {host}:{port}: {e.strerror}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def use_compile_cache(directory: Path | None) -> None:
+    """Point inductor's on-disk cache at `directory` (created if missing), in this
+    process and the engine-core processes it starts (they inherit the environment)."""
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"compile_cache_dir {directory}: {e.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StartupError(f"compile_cache_dir {directory} is not writable")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory.resolve())
 
 
 def _import_grpc() -> Any:
@@ -134,6 +151,7 @@ class SoraServer:
         self._loop = asyncio.get_running_loop()
         self._stop, self._force = asyncio.Event(), asyncio.Event()
         s = self.settings
+        use_compile_cache(s.compile_cache_dir)
         sock = _bind(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
         if s.grpc_enabled:

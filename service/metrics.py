@@ -108,6 +108,11 @@ class Metrics:
             "sora_model_info", "Models being served (value 1)",
             ["model", "version", "device", "dtype"], registry=r,
         )
+        self.compiled = Gauge(
+            "sora_model_compiled", "1 once the model's compiled encoder and decode steps "
+            "are in use; 0 while it is served eagerly (compiling, off or failed)", ["model"],
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "sora_engine_restarts", "Engine-core processes replaced after dying", ["model"],
             registry=r,
@@ -177,9 +182,11 @@ class Metrics:
             return
         with self._lock:
             self.model_info.clear()
+            self.compiled.clear()
             for engine in models.engines():
                 info = engine.info()
                 self.model_info.labels(info.name, info.version, info.device, info.dtype).set(1)
+                self.compiled.labels(engine.name).set(1 if engine.compiled else 0)
                 running, waiting = engine_load(engine)
                 self.running.labels(engine.name).set(running)
                 self.waiting.labels(engine.name).set(waiting)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.device import COMPILE_MODES
+from model.device import compile_mode
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,10 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     quantize_int8: bool = False
-    # Encoder and decode steps through torch.compile: auto = CPU fp32 with a C++ compiler
-    # (~1.2-1.3x a step; ~90 s more start-up the first time, ~30 s from inductor's cache).
-    compile: str = "auto"
+    # Encoder and decode steps through torch.compile (~1.2-1.3x a step; ~90 s of compiling
+    # the first time, ~30 s from inductor's cache): background (serve eagerly meanwhile;
+    # CPU fp32 with a C++ compiler only), wait (before serving) or off. See model.device.
+    compile: str = "background"
 
     def __post_init__(self) -> None:
         for name in ("max_batch_sequences", "max_batch_tokens", "max_new_tokens",
@@ -38,8 +39,7 @@ class EngineConfig:
             raise ValueError("max_source_tokens must be >= 0")
         if self.max_waiting_steps < 0:
             raise ValueError("max_waiting_steps must be >= 0")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}")
+        object.__setattr__(self, "compile", compile_mode(self.compile))  # on -> wait, ...
         if self.waiting_served_ratio < 0:
             raise ValueError("waiting_served_ratio must be >= 0")
         if self.default_max_new_tokens > self.max_new_tokens:

@@ -48,6 +48,7 @@ class CoreEngine(Engine):
         self._outbox: list[list[Any]] = []  # filled by the engine thread, sent per step
         self.jobs: dict[int, Job] = {}  # server's key -> job, until the job ends
         self._load = (0, 0)  # (running rows, waiting sequences) last sent
+        self._compile_sent = self.compile_state  # as the "ready" message tells it
         self._serving = False  # warm-up done, "ready" sent: the server reads events now
 
     def step(self) -> None:
@@ -56,6 +57,9 @@ class CoreEngine(Engine):
         if self._serving and load != self._load:  # the server's gauges and queue limit
             self._load = load
             self._outbox.append(["load", *load])
+        if self._serving and self.compile_state is not self._compile_sent:
+            self._compile_sent = self.compile_state  # the background compile ended
+            self._outbox.append(["compile", self.compile_state.value])
         self.flush()
 
     def flush(self) -> None:
@@ -95,6 +99,9 @@ class CoreEngine(Engine):
         """Read the server's messages until it asks for a drain or goes away."""
         self.add_listener(self._stats)  # after warm-up: the server never sees warm-up
         self._serving = True
+        if self.compile_state is not self._compile_sent:  # swapped in since "ready"
+            self._compile_sent = self.compile_state
+            self.send(["events", [["compile", self.compile_state.value]]])
         while True:
             try:
                 message = wire.read_frame(self._conn)
@@ -165,11 +172,13 @@ def run_core(conn: socket.socket, spec: dict[str, Any]) -> None:
         return
     heap.freeze()
     info = engine.info()
+    engine._compile_sent = engine.compile_state
     conn.sendall(wire.frame(["ready", {
         **info.capabilities.to_dict(), "device": info.device,
         "dtype": info.dtype, "parameters": info.parameters,
         "max_source_tokens": info.max_source_tokens, "max_new_tokens": info.max_new_tokens,
         "can_rerank": info.can_rerank,
+        "compile": engine._compile_sent.value,
     }]))
     engine.serve()
 

@@ -29,6 +29,7 @@ from model.checkpoint import load_tokenizer
 from model.sampling import DecodingParams
 from service.engine import wire
 from service.engine.admission import Admission
+from service.engine.compiling import CompileState
 from service.engine.config import EngineConfig
 from service.engine.engine import EngineState, ModelInfo
 from service.engine.errors import (
@@ -76,6 +77,8 @@ class CoreClient:
         self.max_new_tokens = 0
         self.running = 0  # rows in the core's batch, as of its last step
         self.waiting = 0  # sequences in its queue, as of its last step
+        self.compile_state = CompileState.OFF  # as the core last said
+        self.compile_settled = asyncio.Event()  # its background compile swapped in or failed
         self._info: dict[str, Any] = {}
         self._listeners: list[Listener] = []
         self._jobs: dict[int, Job] = {}  # key -> job not yet ended
@@ -98,6 +101,10 @@ class CoreClient:
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_state is CompileState.COMPILED
 
     async def start(self) -> None:
         """Spawn the core, wait until it has loaded and warmed up the model. Raises
@@ -138,6 +145,7 @@ class CoreClient:
         self._info = reply[1]
         self.max_source_tokens = self._info["max_source_tokens"]
         self.max_new_tokens = self._info["max_new_tokens"]
+        self.compile_state = CompileState(self._info["compile"])
         # The core has verified the checkpoint's hashes, tokenizer.json included; the
         # manifest says how tasks become input (an imported model's prompting).
         manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
@@ -301,6 +309,9 @@ class CoreClient:
                 self._fail(job, error_from_code(*event[2:]))
         elif kind == "load":
             self.running, self.waiting = event[1], event[2]
+        elif kind == "compile":
+            self.compile_state = CompileState(event[1])
+            self.compile_settled.set()
         else:
             record = wire.stats_from_event(kind, event[1])
             if isinstance(record, RequestStats):

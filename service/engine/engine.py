@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from model.checkpoint import Checkpoint
-from model.device import prepare_for_inference, resolve_device
+from model.device import compile_skipped, prepare_for_inference, resolve_device
 from model.discriminator import Discriminator, has_discriminator, load_discriminator, rerank
 from model.sampling import DecodingParams
 from service.engine.admission import Admission
 from service.engine.batch import RunningBatch
+from service.engine.compiling import CompileState, Outcome, describe, start_background_compile
 from service.engine.config import EngineConfig
 from service.engine.errors import (
     Cancelled,
@@ -92,6 +93,18 @@ class Engine:
             quantize=self.config.quantize_int8, compile=self.config.compile,
         )
         self.device, self.dtype = device, dtype
+        # compile=background: serve eagerly from start(), compile on a thread of its own,
+        # and install the compiled steps between two engine steps (`_swap`).
+        self.compile_state = (CompileState.COMPILED if self.config.compile == "wait"
+                              else CompileState.OFF)
+        self.compile_settled = threading.Event()  # a background compile swapped in or failed
+        self._compile_outcome: Outcome | None = None  # from the compiling thread, for _swap
+        self._compile_later = False
+        if self.config.compile == "background":
+            skipped = compile_skipped(device, dtype, self.config.quantize_int8)
+            if skipped:
+                log.info("model %s is served eagerly: %s", self.name, skipped)
+            self._compile_later = not skipped
         self.tokenizer = checkpoint.tokenizer
         # The adversarial stage's discriminator, when the checkpoint carries one: it
         # reorders a request's n-best (`rerank`), in the engine thread like the model.
@@ -135,8 +148,14 @@ class Engine:
     def ready(self) -> bool:
         return self.state is EngineState.READY
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled steps are in use."""
+        return self.compile_state is CompileState.COMPILED
+
     async def start(self) -> None:
-        """Start the engine thread and warm up (one short generation per task)."""
+        """Start the engine thread and warm up (one short generation per task); with
+        compile=background, start compiling once ready."""
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
         self._thread.start()
         self.state = EngineState.WARMING
@@ -144,6 +163,17 @@ class Engine:
             await self._warmup()
         self.state = EngineState.READY
         log.info("engine %s:%s ready on %s (%s)", self.name, self.version, self.device, self.dtype)
+        if self._compile_later:
+            self.compile_state = CompileState.COMPILING
+            log.info("model %s: compiling the encoder and decode steps in the background; "
+                     "serving eagerly meanwhile", self.name)
+            start_background_compile(self.runner.model, self.name, self._compile_done)
+
+    def _compile_done(self, outcome: Outcome) -> None:
+        """The compiling thread's result, for the engine thread to take at its next step."""
+        with self._wake:
+            self._compile_outcome = outcome
+            self._wake.notify()
 
     async def _warmup(self) -> None:
         params = DecodingParams(max_new_tokens=4)
@@ -274,7 +304,8 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and self._batch is None and not len(self.scheduler):
+                while (not self._stop and self._batch is None and not len(self.scheduler)
+                       and self._compile_outcome is None):
                     self._wake.wait(timeout=REAP_INTERVAL_S)
                 if self._stop:
                     return
@@ -286,6 +317,8 @@ class Engine:
 
     def step(self) -> None:
         """schedule, execute, update."""
+        if self._compile_outcome is not None:
+            self._swap()
         now = time.monotonic()
         if now >= self._next_reap:
             self._reap_waiting(now)
@@ -296,6 +329,23 @@ class Engine:
             self._prefill(admitted)
         if self._batch is not None:
             self._decode()
+
+    def _swap(self) -> None:
+        """Install the background compile's steps (engine thread, between two steps: a
+        step runs wholly eager or wholly compiled, and rows carry on either way)."""
+        with self._wake:
+            outcome, self._compile_outcome = self._compile_outcome, None
+        if isinstance(outcome, Exception):
+            log.warning("model %s: compiling failed, serving eagerly: %s", self.name,
+                        describe(outcome))
+            log.debug("the compile error", exc_info=outcome)
+            self.compile_state = CompileState.FAILED
+        elif outcome is not None:
+            self.runner.model.use_compiled(outcome)
+            self.compile_state = CompileState.COMPILED
+            log.info("model %s: compiled steps in use from now on (%d rows running)",
+                     self.name, self.running)
+        self.compile_settled.set()
 
     def _schedule(self) -> list[Sequence]:
         batch = self._batch

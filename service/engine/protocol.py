@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from model.sampling import DecodingParams
+from service.engine.compiling import CompileState
 from service.engine.config import EngineConfig
 from service.engine.engine import EngineState, ModelInfo
 from service.engine.request import Completion, Job, TaskInput
@@ -19,6 +20,10 @@ class EngineClient(Protocol):
     config: EngineConfig
     state: EngineState
     max_new_tokens: int
+    compile_state: CompileState  # whether the compiled steps are in use yet
+
+    @property
+    def compiled(self) -> bool: ...
 
     @property
     def ready(self) -> bool: ...

@@ -11,8 +11,8 @@ server -> core: ["requests", [request, ...]] | ["drain", timeout_s]
 core -> server: ["ready", info] | ["failed", message] | ["stopped"] | ["events", [...]]
   an event:     ["delta", key, index, text, tokens] | ["done", key, index, status,
                  token_ids, logprob, text, candidates] | ["error", key, code, message, field,
-                 retry_after] | ["load", running, waiting] | ["request", {RequestStats}]
-                | ["step", {StepStats}]
+                 retry_after] | ["load", running, waiting] | ["compile", state]
+                | ["request", {RequestStats}] | ["step", {StepStats}]
 
 Deadlines and arrival times are `time.monotonic()` values: on Linux and macOS that
 clock is shared by every process of the machine.

@@ -176,3 +176,6 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+    # /health/ready: each model's compile state (compiled, compiling, off, failed); a
+    # model is served (eagerly) whether or not its compiled steps are in use yet.
+    compile: dict[str, str] | None = None

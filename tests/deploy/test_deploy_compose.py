@@ -102,3 +102,15 @@ def test_prometheus_scrapes_the_compose_services() -> None:
     assert names == {"sora", "sora-gpu"} and names <= set(services)
     assert {sd["port"] for sd in job["dns_sd_configs"]} == {8000}
     assert job["metrics_path"] == "/metrics"
+
+
+@pytest.mark.parametrize("name", ["sora", "sora-gpu"])
+def test_compile_cache_is_a_named_volume(name: str) -> None:
+    # A restart (or a rebuilt image) compiles from the kernels the last run built.
+    spec = compose()
+    svc = spec["services"][name]
+    cache_dir = svc["environment"]["SORA_COMPILE_CACHE_DIR"]
+    mounts = dict(reversed(v.split(":")[:2]) for v in svc["volumes"])
+    (target,) = [t for t in mounts if cache_dir.startswith(t.rstrip("/") + "/")]
+    assert mounts[target] in spec["volumes"]  # named, so it outlives the container
+    assert seconds(svc["healthcheck"]["start_period"]) <= 60  # compiling is not waited for

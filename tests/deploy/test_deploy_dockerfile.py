@@ -159,3 +159,17 @@ def test_dockerignore_keeps_the_context_to_sources_and_default_checkpoint() -> N
         "packages"]["find"]["include"]
     for pattern in include:
         assert dockerignore_allows(pattern.rstrip("*") + "/__init__.py"), pattern
+
+
+def test_compile_cache_dir_exists_for_the_user_and_start_period_is_short() -> None:
+    # The server is ready before it compiles (compile=background): the health check's
+    # start period covers loading only; inductor's cache has a directory sora can write.
+    runtime = instructions()
+    env = " ".join(r for w, r in runtime if w == "ENV")
+    cache = re.search(r"SORA_COMPILE_CACHE_DIR=(\S+)", env)
+    assert cache and cache.group(1).startswith("/var/cache/sora/")
+    runs = " ".join(r for w, r in runtime if w == "RUN")
+    assert f"mkdir -p {cache.group(1)}" in runs and "chown -R sora:sora /var/cache/sora" in runs
+    (health,) = [r for w, r in runtime if w == "HEALTHCHECK"]
+    period = re.search(r"--start-period=(\d+)s", health)
+    assert period and int(period.group(1)) <= 60

@@ -196,3 +196,17 @@ def test_overlay_renders_consistently(overlay: str) -> None:
     # Patches replace lists: the probes and ports must survive them.
     assert {p["containerPort"] for p in c["ports"]} == {8000, 50051}
     assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+
+
+def test_compile_cache_dir_is_on_a_writable_volume() -> None:
+    # The root filesystem is read-only: inductor's cache must be a mounted volume, and the
+    # startup probe no longer waits for compiling (it runs after ready).
+    c = container(base_object("Deployment"))
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    cache_dir = env_file(BASE / "sora.env")["SORA_COMPILE_CACHE_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    (path,) = [p for p in mounts if cache_dir.startswith(p.rstrip("/") + "/")]
+    volumes = {v["name"] for v in base_object("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert mounts[path] == "compile-cache" and "compile-cache" in volumes
+    probe = c["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 120

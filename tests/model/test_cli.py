@@ -56,7 +56,7 @@ def test_generate_compiled_matches_eager(
             "--target-lang", "fr", "--max-new-tokens", "9", "Hello", "Good day"]
     assert main(args) == 0
     eager = capsys.readouterr().out
-    assert main([*args, "--compile", "on"]) == 0
+    assert main([*args, "--compile", "wait"]) == 0
     assert capsys.readouterr().out == eager
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import model.device as device_module
-from model.device import compiles_by_default, prepare_for_inference
+from model.device import compile_skipped, prepare_for_inference
 from model.generation import generate
 from model.sampling import DecodingParams
 from model.sora import Sora
@@ -20,7 +20,7 @@ from model.tokenizer import SoraTokenizer
 from tests.model.test_layers_cache import ATOL, greedy_logits, solo, sources, src_tensor
 
 needs_compiler = pytest.mark.skipif(
-    not compiles_by_default(torch.device("cpu"), torch.float32),
+    compile_skipped(torch.device("cpu"), torch.float32) is not None,
     reason="torch.compile on CPU needs a C++ compiler",
 )
 
@@ -163,21 +163,35 @@ def test_prepare_for_inference_modes(
     model = copy.deepcopy(tiny_model)
     off = prepare_for_inference(model, compile="off")
     assert off._compiled_decode is None and off._compiled_encode is None
-    with pytest.raises(ValueError, match="compile: expected one of auto, on, off"):
+    with pytest.raises(ValueError, match="compile: expected one of background, wait, off"):
         prepare_for_inference(model, compile="yes")
 
     def broken(self: Sora) -> Sora:
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     monkeypatch.setattr(Sora, "compile_for_inference", broken)
-    monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: True)
-    with caplog.at_level(logging.WARNING, logger="model.device"):
-        assert prepare_for_inference(model, compile="auto")._compiled_decode is None
-    assert "running it eagerly: RuntimeError: no C++ compiler found" in caplog.text
-    with pytest.raises(RuntimeError, match="no C"):
+    # background compiles later, in the engine: nothing here.
+    assert prepare_for_inference(model, compile="background")._compiled_decode is None
+    with pytest.raises(RuntimeError, match="no C"):  # wait: a failure stops start-up
+        prepare_for_inference(model, compile="wait")
+    with caplog.at_level(logging.WARNING, logger="model.device"), pytest.raises(
+        RuntimeError, match="no C"
+    ):
         prepare_for_inference(model, compile="on")
-    monkeypatch.setattr(device_module, "compiles_by_default", lambda device, dtype: False)
-    assert prepare_for_inference(model, compile="auto")._compiled_decode is None
+    assert "compile=on is deprecated; use compile=wait" in caplog.text
+    with pytest.raises(ValueError, match="compile=wait does not apply to int8"):
+        prepare_for_inference(model, quantize=True, compile="wait")
+
+
+def test_where_background_compiling_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert "int8" in (compile_skipped(cpu, torch.float32, quantize=True) or "")
+    assert "not cpu torch.bfloat16" in (compile_skipped(cpu, torch.bfloat16) or "")
+    assert "not cuda" in (compile_skipped(torch.device("cuda"), torch.bfloat16) or "")
+    monkeypatch.setattr(device_module.shutil, "which", lambda name: None)
+    assert compile_skipped(cpu, torch.float32) == "no C++ compiler (g++, c++ or clang++) on PATH"
+    monkeypatch.setattr(device_module.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert compile_skipped(cpu, torch.float32) is None
 
 
 def test_failed_warm_up_leaves_the_model_eager(

@@ -1,5 +1,6 @@
 """Helpers shared by the service tests: Server-Sent Events parsing, polling, a full queue,
-and a gate that holds an engine where the test wants it."""
+a gate that holds an engine where the test wants it, and a background compile held
+until the test lets it land."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import pytest
+
+from model.sora import CompiledSteps, Sora
 
 # service/main.py's start-up line, text or JSON format alike.
 ANNOUNCED = re.compile(r"HTTP on \S+:(\d+), gRPC on (\d+|\(off\))")
@@ -137,3 +142,26 @@ class Gate:
             setattr(self.target, self.method, self._original)
         else:
             delattr(self.target, self.method)  # the class's method again
+
+
+HANG_S = 900.0  # only bounds a hang (a cold compile on 2 busy cores): no threshold
+
+
+class HeldCompile:
+    """Sora.compiled_steps, run for real, whose result is handed to the engine only once
+    `release` is set: the test decides where in its load the swap lands."""
+
+    def __init__(self) -> None:
+        self.built = threading.Event()
+        self.release = threading.Event()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = Sora.compiled_steps
+
+        def held(model: Sora) -> CompiledSteps:
+            steps = real(model)
+            self.built.set()
+            self.release.wait(HANG_S)
+            return steps
+
+        monkeypatch.setattr(Sora, "compiled_steps", held)

@@ -31,7 +31,10 @@ def test_defaults() -> None:
     assert s.max_body_bytes == 1 << 20 and s.max_batch_texts == 64
     assert s.drain_timeout_s == 30 and s.api_keys == [] and s.log_format == "text"
     assert s.engine_config().max_batch_sequences == 64
-    assert s.compile == s.engine_config().compile == "auto"
+    assert s.compile == s.engine_config().compile == "background"
+    assert s.compile_cache_dir is None
+    assert Settings.load(compile="on").compile == "wait"  # the deprecated names still work
+    assert Settings.load(compile="auto").compile == "background"
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])

@@ -4,7 +4,9 @@
 while a model's engine-core process is dead (the registry tries to replace it; if it
 cannot, liveness keeps failing and the orchestrator restarts the server).
 /health/ready: 200 only when every model is warm and the server is not draining;
-otherwise 503 with Retry-After, so a load balancer stops sending traffic at once.
+otherwise 503 with Retry-After, so a load balancer stops sending traffic at once. Ready
+does not wait for compiling (compile=background): its body says, per model, whether the
+compiled steps are in use yet (`compile`: compiled | compiling | off | failed).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from service.http.schemas import ErrorResponse, Health
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=Health, responses={503: {"model": ErrorResponse}})
+@router.get("/live", response_model=Health, response_model_exclude_none=True,
+            responses={503: {"model": ErrorResponse}})
 async def live(request: Request) -> JSONResponse | Health:
     dead = [] if get_server_state(request).draining else get_registry(request).stopped()
     if not dead:
@@ -30,7 +33,8 @@ async def live(request: Request) -> JSONResponse | Health:
     )
 
 
-@router.get("/ready", response_model=Health, responses={503: {"model": ErrorResponse}})
+@router.get("/ready", response_model=Health, response_model_exclude_none=True,
+            responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> JSONResponse | Health:
     if get_server_state(request).draining:
         reason = "server is shutting down"
@@ -39,7 +43,8 @@ async def ready(request: Request) -> JSONResponse | Health:
     elif not get_registry(request).ready:
         reason = "models are loading or warming up"
     else:
-        return Health(status="ready")
+        engines = get_registry(request).engines()
+        return Health(status="ready", compile={e.name: e.compile_state.value for e in engines})
     return JSONResponse(
         error_body("unavailable", reason), status_code=503,
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},

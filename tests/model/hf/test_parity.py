@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from model.checkpoint import Checkpoint
-from model.device import compiles_by_default
 from tests.model.hf.parity import assert_logits_match, hf_generate, sora_generate
+from tests.model.test_compiled_model import needs_compiler
 
 pytest.importorskip("transformers")
 
 TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the old house"]
-needs_compiler = pytest.mark.skipif(
-    not compiles_by_default(torch.device("cpu"), torch.float32),
-    reason="torch.compile on CPU needs a C++ compiler",
-)
 # family -> (imported checkpoint fixture, transformers model fixture)
 FAMILIES = {"marian": ("marian", "marian_hf"), "t5": ("t5", "t5_hf"), "flan": ("flan", "flan_hf"),
             "bart": ("bart", "bart_hf"), "nllb": ("nllb", "nllb_hf"),

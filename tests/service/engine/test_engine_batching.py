@@ -51,9 +51,10 @@ async def test_outputs_equal_solo_under_mixed_concurrent_load(engine: Engine) ->
 async def test_compiled_engine_outputs_equal_solo_under_mixed_load(
     make_engine: MakeEngine,
 ) -> None:
-    engine = await make_engine(compile="on")
+    engine = await make_engine(compile="wait")  # compiled before start() returns
     model = engine.runner.model
-    assert model._compiled_decode is not None and model._compiled_encode is not None
+    assert engine.compiled and model._compiled_decode is not None
+    assert model._compiled_encode is not None
     # The warm-up compiled every graph this load needs: rows parked and refilled, beams
     # appended, batches of every size.
     torch.compiler.set_stance("fail_on_recompile")

@@ -29,6 +29,7 @@ from service.engine import (
     Unavailable,
     core_client,
 )
+from service.engine.compiling import CompileState
 from service.engine.core_client import CoreClient, CoreOptions
 from service.engine.registry import ModelRegistry
 from tests.model.test_compiled_model import needs_compiler
@@ -65,13 +66,19 @@ async def make_core(
         await client.drain(timeout=10.0)
 
 
-@pytest.mark.parametrize("compile", ["off", pytest.param("on", marks=needs_compiler)])
+@pytest.mark.parametrize("compile", ["off", pytest.param("background", marks=needs_compiler)])
 async def test_outputs_equal_the_in_process_engine(
     make_core: MakeCore, engine: Engine, tiny_checkpoint: Path, compile: str
 ) -> None:
-    # compile=on: the serving default on CPU (auto) through the core process, against the
-    # eager in-process engine.
+    # compile=background: the serving default, through the core process: it tells the
+    # client when the swap landed; then the compiled core answers as the eager
+    # in-process engine.
     core = await make_core(tiny_checkpoint, compile=compile)
+    if compile == "background":
+        await asyncio.wait_for(core.compile_settled.wait(), 900)  # bounds a hang only
+        assert core.compile_state is CompileState.COMPILED and core.compiled
+    else:
+        assert core.compile_state is CompileState.OFF
     inputs = [TaskInput("translate", t, target_lang="de") for t in TEXTS]
     inputs.append(TaskInput("answer", "What is it?", context="It is a small tool."))
     inputs.append(TaskInput("summarize", " ".join(TEXTS) * 12))  # several segments
