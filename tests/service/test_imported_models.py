@@ -6,6 +6,8 @@ imported model serves is routed to it; one it does not serve is refused naming t
 
 from __future__ import annotations
 
+import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from support import wait_for
 
 from cli.main import main as sora
 from model.hf.importer import import_hf
@@ -105,6 +108,56 @@ def test_nllb_output_starts_with_the_forced_code(srv: RunningServer) -> None:
     for results in outs.values():
         assert [(x["text"], x["usage"]["completion_tokens"]) for x in results] == \
             [("", 1)] * len(TEXTS)
+
+
+def test_rows_with_different_codes_join_a_running_batch(
+    srv: RunningServer, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request is prefilled and held before its first step; two more (other targets,
+    one a beam) join the batch after it: each row is forced to its own code at its own
+    first step."""
+    requests = [("en", "de", "greedy"), ("en", "fr", "greedy"), ("de", "en", "beam")]
+    want = [cli_generate(repo, "nllb", ["--task", "translate", "--source-lang", s,
+                                        "--target-lang", t], TEXTS[2:], strategy, capsys)
+            for s, t, strategy in requests]
+    got: dict[int, httpx.Response] = {}
+
+    def call(i: int) -> None:
+        s, t, strategy = requests[i]
+        got[i] = post(srv, "/v1/translate", {"model": "nllb", "texts": TEXTS[2:],
+                                             "source_lang": s, "target_lang": t,
+                                             "options": STRATEGIES[strategy]})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    with srv.paused("decode") as gate:
+        threads[0].start()
+        wait_for(lambda: srv.running() == 1, "the first request prefilled")
+        for t in threads[1:]:
+            t.start()
+        wait_for(lambda: srv.waiting() == 2, "two requests waiting")
+        gate.set()
+        for t in threads:
+            t.join(60)
+    assert [[r["text"] for r in got[i].json()["results"]] for i in range(3)] == want
+
+
+def test_engine_process_forces_the_code(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the engine in a process of its own, the forced code travels with the ids."""
+    shutil.copytree(repo / "nllb", tmp_path / "repo" / "nllb")
+    running = launch(tmp_path / "repo", engine_process=True, grpc_enabled=False)
+    try:
+        for strategy in STRATEGIES:
+            want = cli_generate(repo, "nllb", ["--task", "translate", "--source-lang", "en",
+                                               "--target-lang", "de"], TEXTS, strategy, capsys)
+            r = post(running, "/v1/translate", {"texts": TEXTS, "source_lang": "en",
+                                                "target_lang": "de",
+                                                "options": STRATEGIES[strategy]})
+            assert r.status_code == 200, r.text
+            assert [res["text"] for res in r.json()["results"]] == want
+    finally:
+        running.stop()
 
 
 def test_answer_equals_sora_generate(
