@@ -6,6 +6,7 @@ imported model serves is routed to it; one it does not serve is refused naming t
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from collections.abc import Iterator
@@ -18,12 +19,19 @@ import pytest
 from support import wait_for
 
 from cli.main import main as sora
+from model.checkpoint import load_checkpoint
+from model.generation import generate
 from model.hf.importer import import_hf
+from model.sampling import DecodingParams
 from proto.inference import grpc_service_pb2 as oip_pb
 from proto.inference import grpc_service_pb2_grpc as oip_grpc
 from proto.sora.v1 import sora_pb2, sora_pb2_grpc
+from service.engine.config import EngineConfig
+from service.engine.engine import Engine
+from service.engine.request import TaskInput
 from tests.model.hf.conftest import save_marian, save_nllb, save_t5  # skips without transformers
 from tests.service.conftest import RunningServer, launch
+from tests.service.engine.conftest import wait_until
 
 TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the old house"]
 MAX_NEW = 12
@@ -255,3 +263,41 @@ async def test_grpc_translate_equals_sora_generate(
         oip = oip_grpc.GRPCInferenceServiceStub(channel)
         meta = await oip.ModelMetadata(oip_pb.ModelMetadataRequest(name="nllb"))
         assert meta.parameters["languages"].string_param == "de,en,fr"
+
+
+async def test_a_forced_row_takes_a_parked_row_in_place(repo: Path) -> None:
+    """A request that ends parks its row; a newcomer with another target code fills it
+    without the batch being rebuilt, and is forced at its own first step while the
+    other rows decode on: every output equals generate()'s with the same forced ids."""
+    ckpt = load_checkpoint(repo / "nllb" / "1")
+    config = EngineConfig(warmup=False, device="cpu", compile="off", max_waiting_steps=0)
+    engine = Engine(ckpt, config, name="nllb")
+    await engine.start()
+    long = DecodingParams(max_new_tokens=40, ignore_eos=True)
+    requests = [(TaskInput("translate", TEXTS[0], target_lang="de", source_lang="en"), long)
+                for _ in range(3)]
+    requests.append((TaskInput("translate", TEXTS[1], target_lang="fr", source_lang="en"),
+                     DecodingParams(max_new_tokens=3, ignore_eos=True)))
+    try:
+        jobs = [engine.submit(*r) for r in requests]
+        await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
+        batch = engine._batch
+        assert batch is not None and batch.forced is None  # every row past its first step
+        newcomer = (TaskInput("translate", TEXTS[2], target_lang="en", source_lang="de"),
+                    DecodingParams(max_new_tokens=30, ignore_eos=True))
+        requests.append(newcomer)
+        jobs.append(engine.submit(*newcomer))
+        await wait_until(lambda: batch.parked is None)
+        assert engine._batch is batch  # filled in place, not concatenated
+        done = await asyncio.gather(*(j.result() for j in jobs))
+    finally:
+        await engine.drain(timeout=10.0)
+    tok = ckpt.tokenizer
+    for (inp, params), completion in zip(requests, done, strict=True):
+        source = tok.source_ids("translate", inp.text, inp.target_lang,
+                                source_lang=inp.source_lang)
+        [want] = generate(ckpt.model, tok, [source], params,
+                          [tok.forced_ids("translate", inp.target_lang)])
+        assert (completion.text, completion.completion_tokens) == (want.text,
+                                                                   len(want.token_ids))
+        assert want.token_ids[0] == tok.forced_ids("translate", inp.target_lang)[0]
