@@ -301,3 +301,16 @@ async def test_a_forced_row_takes_a_parked_row_in_place(repo: Path) -> None:
         assert (completion.text, completion.completion_tokens) == (want.text,
                                                                    len(want.token_ids))
         assert want.token_ids[0] == tok.forced_ids("translate", inp.target_lang)[0]
+
+
+def test_rest_detects_the_source_nllb_needs(srv: RunningServer) -> None:
+    """REST translate without source_lang: detection supplies it (and the source code)."""
+    text = "The weather is very nice today, and we are going to walk in the park."
+    fields = {"model": "nllb", "text": text, "target_lang": "fr",
+              "options": STRATEGIES["greedy"]}
+    detected = post(srv, "/v1/translate", fields)
+    given = post(srv, "/v1/translate", {**fields, "source_lang": "en"})
+    assert detected.status_code == given.status_code == 200, detected.text
+    [result] = detected.json()["results"]
+    assert result["detected_language"]["language"] == "en"
+    assert result["text"] == given.json()["results"][0]["text"]
