@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 
 from model.sampling import DecodingParams
-from model.tokenizer import LANGUAGES, TASKS, SoraTokenizer, TokenizerError
+from model.tokenizer import TASKS, SoraTokenizer, TokenizerError
+from service.engine import routing
 from service.engine.config import EngineConfig
 from service.engine.errors import InputTooLong, InvalidRequest
 from service.engine.request import Job, Sequence, TaskInput
+from service.engine.routing import Capabilities
 from service.engine.segment import SegmentTooLong, split_document
 
 # Tokens the task prefix and eos add to a source (<task> <2xx> ... </s>).
@@ -28,6 +30,8 @@ class Admission:
         *,
         max_source_tokens: int,
         max_new_tokens: int,
+        name: str,
+        capabilities: Capabilities,
         can_rerank: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
@@ -35,6 +39,10 @@ class Admission:
         self.config = config
         self.max_source_tokens = max_source_tokens
         self.max_new_tokens = max_new_tokens
+        self.name = name
+        # What the manifest declares this model serves: requests are checked against
+        # it (an imported model's languages, not Sora's own list).
+        self.capabilities = capabilities
 
     def admit(
         self,
@@ -89,9 +97,13 @@ class Admission:
         return params
 
     def _fill(self, job: Job, params: DecodingParams) -> None:
-        """Give `job` its sequences: one per encoder input of its task input."""
-        for i, (source_ids, joiner) in enumerate(self.sources(job.input)):
-            seq = Sequence(job=job, index=i, source_ids=source_ids, params=params)
+        """Give `job` its sequences: one per encoder input of its task input, each with
+        the token its output must start with (NLLB/M2M100/mBART's target code), if any."""
+        sources = self.sources(job.input)
+        forced = self.forced(job.input)
+        for i, (source_ids, joiner) in enumerate(sources):
+            seq = Sequence(job=job, index=i, source_ids=source_ids, params=params,
+                           forced=forced)
             if seq.reserved_tokens > self.config.max_batch_tokens:
                 raise InputTooLong(
                     f"input needs {seq.reserved_tokens} batch tokens (source + max_new_tokens"
@@ -122,19 +134,23 @@ class Admission:
             raise InvalidRequest(
                 f"unknown task {inp.task!r}; expected one of {', '.join(TASKS)}", field="task"
             )
-        if inp.task == "translate":
-            if not inp.target_lang:
-                raise InvalidRequest("target_lang is required for translate", field="target_lang")
-            for name, lang in (("target_lang", inp.target_lang), ("source_lang", inp.source_lang)):
-                if lang is not None and lang not in LANGUAGES:
-                    raise InvalidRequest(
-                        f"unsupported language {lang!r}; supported: {', '.join(LANGUAGES)}",
-                        field=name,
-                    )
+        if inp.task == "translate" and not inp.target_lang:
+            raise InvalidRequest("target_lang is required for translate", field="target_lang")
+        # The task and languages this model declares (names the field, lists what it serves).
+        routing.check_serves(self.name, self.capabilities, [inp])
+        if inp.task == "translate" and inp.source_lang is None and self._needs_source(inp):
+            raise InvalidRequest(
+                f"model {self.name!r} needs source_lang to translate into "
+                f"{inp.target_lang!r}; give one of {', '.join(self.capabilities.languages)}",
+                field="source_lang",
+            )
         if inp.task == "answer":
             question = self._check_text("question", inp.text)
             context = self._check_text("context", inp.context, required=False)
-            ids = tok.source_ids("answer", question, context=context or None)
+            try:
+                ids = tok.source_ids("answer", question, context=context or None)
+            except TokenizerError as e:
+                raise InvalidRequest(str(e), field="question") from e
             if len(ids) > limit:
                 raise InputTooLong(
                     f"question and context have {len(ids)} tokens; the limit is {limit}",
@@ -143,7 +159,7 @@ class Admission:
             return [(ids, "")]
         text = self._check_text("text", inp.text)
         try:
-            ids = tok.source_ids(inp.task, text, inp.target_lang)
+            ids = tok.source_ids(inp.task, text, inp.target_lang, source_lang=inp.source_lang)
             if len(ids) <= limit:
                 return [(ids, "")]
             segments = split_document(text, lambda s: len(tok.encode(s)), limit - PREFIX_TOKENS)
@@ -157,4 +173,28 @@ class Admission:
                 f"{self.config.max_segments}",
                 field="text",
             )
-        return [(tok.source_ids(inp.task, s.text, inp.target_lang), s.joiner) for s in segments]
+        return [(tok.source_ids(inp.task, s.text, inp.target_lang, source_lang=inp.source_lang),
+                 s.joiner) for s in segments]
+
+    def forced(self, inp: TaskInput) -> int | None:
+        """The first output token this model must produce for `inp` (generate() forces
+        the same), or None."""
+        try:
+            ids = self.tokenizer.forced_ids(inp.task, inp.target_lang)
+        except TokenizerError as e:
+            raise InvalidRequest(str(e), field="target_lang") from e
+        return ids[0] if ids else None
+
+    def _needs_source(self, inp: TaskInput) -> bool:
+        """Whether this model's prompting puts the source language into its input (NLLB's
+        source code, a T5 prefix naming it) and cannot tell it from its declared pairs.
+        REST and gRPC detect a missing source first; an OIP request may still lack it."""
+        p = self.tokenizer.prompting
+        if p.style != "text":
+            return False
+        if p.source_tokens and "{source}" in (*p.prefix, *p.suffix):
+            return True  # the code would be left out, not inferred
+        template = p.templates.get(inp.task, "")
+        if "{source}" not in template and "{target}" not in template:
+            return False
+        return len({s for s, t in p.language_pairs if t == inp.target_lang}) != 1

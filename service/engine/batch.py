@@ -35,6 +35,9 @@ class RunningBatch:
     generated: Tensor
     n_generated: Tensor
     logprob: Tensor
+    # (rows,) the token each row must produce at its first step (NLLB's target code), -1
+    # for none; None once every row has taken its first step (the usual case).
+    forced: Tensor | None = None
     _watched: list[tuple[int, Sequence]] | None = field(default=None, repr=False)
     _reserved: int | None = field(default=None, repr=False)
 
@@ -108,6 +111,7 @@ class RunningBatch:
             generated=self.generated[keep],
             n_generated=self.n_generated[keep],
             logprob=self.logprob[keep],
+            forced=None if self.forced is None else self.forced[keep],
         )
 
     def reorder(self, index: Tensor) -> None:
@@ -152,6 +156,11 @@ class RunningBatch:
         self.generated.index_copy_(0, idx, pad_to(fresh.generated, 1, width))
         self.n_generated.index_copy_(0, idx, fresh.n_generated)
         self.logprob.index_copy_(0, idx, fresh.logprob)
+        if fresh.forced is not None:
+            self.forced = self.forced_or_none()
+            self.forced.index_copy_(0, idx, fresh.forced)
+        elif self.forced is not None:
+            self.forced[idx] = -1
         for row, seq in zip(rows, fresh.seqs, strict=True):
             self.seqs[row] = seq
         self._watched = self._reserved = None
@@ -169,5 +178,13 @@ class RunningBatch:
             generated=torch.cat([pad_to(b.generated, 1, width) for b in batches]),
             n_generated=torch.cat([b.n_generated for b in batches]),
             logprob=torch.cat([b.logprob for b in batches]),
+            forced=None if all(b.forced is None for b in batches)
+            else torch.cat([b.forced_or_none() for b in batches]),
         )
+
+    def forced_or_none(self) -> Tensor:
+        """(rows,) the forced first tokens, -1 (none) where no row has one."""
+        if self.forced is not None:
+            return self.forced
+        return torch.full((self.size,), -1, dtype=torch.long, device=self.tokens.device)
 

@@ -130,7 +130,7 @@ class CoreEngine(Engine):
 
     def _submit_message(self, message: list[Any]) -> None:
         (_, key, task, protocol, priority, deadline, arrival, stream, params,
-         sources) = message
+         sources, forced) = message
         job = Job(
             TaskInput(task, ""), model=self.name, version=self.version, protocol=protocol,
             priority=priority, deadline=deadline, stream=stream, arrival=arrival,
@@ -138,7 +138,7 @@ class CoreEngine(Engine):
         )
         decoding = wire.params_from_dict(params)
         job.sequences = [
-            Sequence(job=job, index=i, source_ids=ids, params=decoding)
+            Sequence(job=job, index=i, source_ids=ids, params=decoding, forced=forced)
             for i, ids in enumerate(sources)
         ]
         self.jobs[key] = job

@@ -40,6 +40,7 @@ from service.engine.errors import (
     error_from_code,
 )
 from service.engine.request import Completion, Job, Status, StreamDelta, TaskInput
+from service.engine.routing import Capabilities
 from service.engine.scheduler import retry_after
 from service.engine.stats import Listener, RequestStats, notify
 
@@ -152,7 +153,8 @@ class CoreClient:
         tokenizer = load_tokenizer(self.path, manifest)
         self._admission = Admission(tokenizer, self.config,
                                     max_source_tokens=self.max_source_tokens,
-                                    max_new_tokens=self.max_new_tokens,
+                                    max_new_tokens=self.max_new_tokens, name=self.name,
+                                    capabilities=Capabilities.from_manifest(manifest),
                                     can_rerank=self._info["can_rerank"])
         self.state = EngineState.READY
         log.info("engine %s:%s ready in process %d on %s (%s)", self.name, self.version,
@@ -227,7 +229,7 @@ class CoreClient:
         self._queue_request([
             "submit", key, task_input.task, protocol, priority, job.deadline, job.arrival,
             stream, wire.params_to_dict(job.sequences[0].params),
-            [s.source_ids for s in job.sequences],
+            [s.source_ids for s in job.sequences], job.sequences[0].forced,
         ])
         job.on_cancel = functools.partial(self._cancel, key)
         self._jobs[key] = job

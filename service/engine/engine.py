@@ -120,7 +120,8 @@ class Engine:
         self.max_new_tokens = min(self.config.max_new_tokens, cfg.max_target_positions)
         self.admission = Admission(
             self.tokenizer, self.config, max_source_tokens=self.max_source_tokens,
-            max_new_tokens=self.max_new_tokens, can_rerank=self.discriminator is not None,
+            max_new_tokens=self.max_new_tokens, name=self.name, capabilities=self.capabilities,
+            can_rerank=self.discriminator is not None,
         )
         self.scheduler = Scheduler(self.config)
         self.state = EngineState.LOADING
@@ -177,12 +178,15 @@ class Engine:
 
     async def _warmup(self) -> None:
         params = DecodingParams(max_new_tokens=4)
+        caps = self.capabilities
+        source, target = (caps.language_pairs[0] if caps.language_pairs
+                          else (caps.languages[0], caps.languages[-1]))
         inputs = [
-            TaskInput("translate", "Hello world.", target_lang="de"),
+            TaskInput("translate", "Hello world.", target_lang=target, source_lang=source),
             TaskInput("summarize", "A small tool that prints the current date and time."),
             TaskInput("answer", "What is it?", context="It is a tool."),
         ]
-        for inp in inputs:
+        for inp in (i for i in inputs if i.task in caps.tasks):
             await self._submit(inp, params, protocol="warmup", internal=True).result()
 
     async def drain(self, timeout: float = 30.0) -> None:

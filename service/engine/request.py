@@ -61,6 +61,7 @@ class Sequence:
     index: int  # position within the job's output
     source_ids: list[int]
     params: DecodingParams
+    forced: int | None = None  # the token the output must start with (NLLB's target code)
     status: Status = Status.WAITING
     token_ids: list[int] = field(default_factory=list)
     text: str = ""

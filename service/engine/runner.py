@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.generation import BeamSearch, pad_batch
+from model.generation import BeamSearch, force_first, pad_batch
 from model.sampling import SamplingBatch, choose, constrain
 from model.sora import Sora
 from model.tokenizer import IncrementalDetokenizer, SoraTokenizer
@@ -48,6 +48,10 @@ class ModelRunner:
             if s.job.stream:
                 s.detok = IncrementalDetokenizer(self.tokenizer)
         n = len(row_seqs)
+        forced = None
+        if any(s.forced is not None for s in seqs):
+            forced = torch.tensor([-1 if s.forced is None else s.forced for s in row_seqs],
+                                  device=self.device)
         return RunningBatch(
             seqs=list[Sequence | None](row_seqs),  # rows may be parked later
             cache=cache,
@@ -56,6 +60,7 @@ class ModelRunner:
             generated=torch.full((n, width), cfg.pad_id, dtype=torch.long, device=self.device),
             n_generated=torch.zeros(n, dtype=torch.long, device=self.device),
             logprob=torch.zeros(n, device=self.device),
+            forced=forced,
         )
 
     @torch.inference_mode()
@@ -69,6 +74,11 @@ class ModelRunner:
             # sampling and beam search on the other rows do not trip over NaN.
             raw = raw.masked_fill(bad[:, None], 0.0)
         logits = constrain(raw, batch.sampling, batch.generated, batch.n_generated, self.eos_id)
+        if batch.forced is not None:
+            # Rows at their first step that must start with a given token (as generate()
+            # forces it, beams included); after this step no row is at its first.
+            logits = force_first(logits, batch.forced)
+            batch.forced = None
         tokens, lp = choose(logits, batch.sampling)
         beam_rows = self._beam_step(batch, logits, tokens)
         batch.generated.scatter_(1, batch.n_generated[:, None], tokens[:, None])
