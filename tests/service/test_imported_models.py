@@ -31,7 +31,7 @@ from service.engine.engine import Engine
 from service.engine.request import TaskInput
 from tests.model.hf.conftest import save_marian, save_nllb, save_t5  # skips without transformers
 from tests.service.conftest import RunningServer, launch
-from tests.service.engine.conftest import wait_until
+from tests.service.support import Gate, wait_until
 
 TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the old house"]
 MAX_NEW = 12
@@ -279,16 +279,20 @@ async def test_a_forced_row_takes_a_parked_row_in_place(repo: Path) -> None:
     requests.append((TaskInput("translate", TEXTS[1], target_lang="fr", source_lang="en"),
                      DecodingParams(max_new_tokens=3, ignore_eos=True)))
     try:
-        jobs = [engine.submit(*r) for r in requests]
-        await wait_until(lambda: engine._batch is not None and engine._batch.parked is not None)
-        batch = engine._batch
-        assert batch is not None and batch.forced is None  # every row past its first step
-        newcomer = (TaskInput("translate", TEXTS[2], target_lang="en", source_lang="de"),
-                    DecodingParams(max_new_tokens=30, ignore_eos=True))
-        requests.append(newcomer)
-        jobs.append(engine.submit(*newcomer))
-        await wait_until(lambda: batch.parked is None)
-        assert engine._batch is batch  # filled in place, not concatenated
+        # Decode steps wait while a row is parked, then until the newcomer is in: the
+        # test looks at the batch as it is instead of racing the engine.
+        with Gate(engine.runner, "step", lambda b: b.parked is not None) as decode:
+            jobs = [engine.submit(*r) for r in requests]
+            await wait_until(lambda: decode.held == 1)
+            batch = engine._batch
+            assert batch is not None and batch.forced is None  # every row past its first
+            newcomer = (TaskInput("translate", TEXTS[2], target_lang="en", source_lang="de"),
+                        DecodingParams(max_new_tokens=30, ignore_eos=True))
+            requests.append(newcomer)
+            jobs.append(engine.submit(*newcomer))
+            decode.hold(lambda b: b.parked is None)
+            await wait_until(lambda: decode.held == 1 and batch.parked is None)
+            assert engine._batch is batch  # filled in place, not concatenated
         done = await asyncio.gather(*(j.result() for j in jobs))
     finally:
         await engine.drain(timeout=10.0)
