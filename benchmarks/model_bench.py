@@ -70,13 +70,16 @@ class BenchResult:
         return self.tokens / self.median_s
 
 
-def make_sources(shape: BenchShape, n: int, seed: int = 0, first_id: int = 3) -> list[list[int]]:
-    """`n` random sources of min..max_source_len ids (eos, id 2, last), seeded."""
+def make_sources(shape: BenchShape, n: int, seed: int = 0, first_id: int = 3,
+                 stop_id: int | None = None, eos: int = 2) -> list[list[int]]:
+    """`n` random sources of min..max_source_len ids (first_id up to stop_id, default the
+    vocabulary's end; `eos` last), seeded."""
     rng = random.Random(seed)
+    stop = stop_id or shape.vocab_size
     out = []
     for _ in range(n):
         length = rng.randint(shape.min_source_len, shape.max_source_len)
-        out.append([rng.randrange(first_id, shape.vocab_size) for _ in range(length - 1)] + [2])
+        out.append([rng.randrange(first_id, stop) for _ in range(length - 1)] + [eos])
     return out
 
 
