@@ -249,3 +249,26 @@ def test_bench_precision_variants_keep_the_weights() -> None:
     assert fp32 is not model  # a copy: the caller's model is left as it was
     with pytest.raises(ValueError, match="precision"):
         with_precision(model, "fp8")
+
+
+@pytest.mark.parametrize("family", ["marian", "t5"])
+def test_compare_model_families_import_and_share_ids(family: str, tmp_path: Path) -> None:
+    """What benchmarks/compare_model.py relies on (CTranslate2 itself is not installed
+    here): the random model imports, Sora decodes exactly the asked tokens, and every
+    source id is a distinct token of the tokenizer CTranslate2's converter reads."""
+    transformers = pytest.importorskip("transformers")
+    from benchmarks.compare_model import BUILDERS, sora_imported_run
+    from benchmarks.model_bench import BenchShape, make_sources
+    from model.hf.importer import import_hf
+
+    shape = BenchShape(300, 16, 2, 1, 1, 32, 4, 8)
+    ids = BUILDERS[family](shape, tmp_path / "hf")
+    sources = make_sources(shape, 3, first_id=ids.first_id, stop_id=ids.stop_id, eos=ids.eos)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    used = sorted({i for s in sources for i in s})
+    tokens = tok.convert_ids_to_tokens(used)
+    assert len(set(tokens)) == len(used) and tok.convert_tokens_to_ids(tokens) == used
+    assert tok.convert_ids_to_tokens(ids.eos) == "</s>"
+    import_hf(tmp_path / "hf", tmp_path / "sora")
+    out = sora_imported_run(tmp_path / "sora", "float32", 3)(sources)
+    assert [len(r.token_ids) for r in out] == [3, 3, 3]  # type: ignore[attr-defined]
