@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import TYPE_CHECKING
 
 from cli.common import DEFAULT_CHECKPOINT, add_decoding_args, decoding_kwargs
+
+if TYPE_CHECKING:
+    from model.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["translate", "summarize", "answer"], default="translate")
     p.add_argument("--target-lang", default=None, help="translate: target language code")
     p.add_argument("--source-lang", default=None,
-                   help="translate: source language code, for models that need it (T5)")
+                   help="translate: source language code, for models that put it in their "
+                   "input (NLLB, M2M100, mBART, T5; default: the only source of the target's "
+                   "pairs, else detected from each text)")
     p.add_argument("--context", default=None, help="answer: the passage to answer from")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -49,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
         device, dtype = resolve_device(args.device, args.dtype)
         ckpt = load_checkpoint(args.checkpoint, device, dtype)
         sources = [
-            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context,
-                                      args.source_lang)
-            for t in texts
+            ckpt.tokenizer.source_ids(args.task, t, args.target_lang, args.context, lang)
+            for t, lang in zip(texts, source_langs(ckpt, texts, args), strict=True)
         ]
         # NLLB/M2M100: the target language's code is the first output token.
         forced = [ckpt.tokenizer.forced_ids(args.task, args.target_lang)] * len(texts)
@@ -68,3 +76,30 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(r.text)
     return 0
+
+
+def source_langs(ckpt: Checkpoint, texts: list[str], args: argparse.Namespace) -> list[str | None]:
+    """Each text's source language: the one given, else, where the model puts it into
+    its input (NLLB's source code), detected from the text over the model's languages,
+    as the server's REST and gRPC front ends do. Without py3langid (the serve extra)
+    it must be given: left out, the model would translate without it, silently worse."""
+    prompting = ckpt.tokenizer.prompting
+    if args.source_lang or args.task != "translate" or \
+            not prompting.needs_source(args.task, args.target_lang):
+        return [args.source_lang] * len(texts)
+    languages = tuple(ckpt.manifest.get("languages") or ())
+    try:
+        from service.langdetect import detector_for
+
+        detector = detector_for(languages)
+    except ImportError:
+        raise ValueError("--source-lang is required for this model: it reads "
+                         f"{', '.join(languages)} (or pip install 'sora[serve]' to detect "
+                         "it from the text)") from None
+    langs: list[str | None] = []
+    for text in texts:
+        found = detector.detect(text, 1)[0]  # UnservedLanguage (a ValueError): refused
+        log.info("detected source language %s (confidence %.2f)", found.language,
+                 found.confidence)
+        langs.append(found.language)
+    return langs

@@ -1,11 +1,13 @@
-"""`sora import hf SRC --out DIR`: a Hugging Face save_pretrained directory as a Sora
-checkpoint (model.hf.importer). It needs what serving needs (torch, safetensors,
-tokenizers): Marian's .spm files are read without sentencepiece."""
+"""`sora import hf SRC --out DIR`: a Hugging Face save_pretrained directory, or a hub id
+downloaded first (model.hf.hub, the `hub` extra), as a Sora checkpoint
+(model.hf.importer). It needs what serving needs (torch, safetensors, tokenizers):
+Marian's .spm files are read without sentencepiece."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _pair(text: str) -> list[str]:
@@ -28,11 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hf = kinds.add_parser("hf", help="a Hugging Face save_pretrained directory (Marian/OPUS-MT, "
                           "BART, T5/Flan-T5/mT5)")
     hf.add_argument("src", help="the save_pretrained directory (config.json, *.safetensors, "
-                    "tokenizer files)")
+                    "tokenizer files), or a Hugging Face hub id to download them from "
+                    "(e.g. Helsinki-NLP/opus-mt-en-de; pip install 'sora[hub]')")
+    hf.add_argument("--revision", default=None,
+                    help="hub id only: the branch, tag or commit to download (default main)")
     hf.add_argument("--out", required=True, help="checkpoint directory to write (replaced)")
     hf.add_argument("--allow-pickle", action="store_true",
                     help="read pytorch_model.bin when there is no *.safetensors "
-                    "(torch.load with weights_only=True)")
+                    "(torch.load with weights_only=True); from the hub, download it then")
     hf.add_argument("--pair", type=_pair, action="append", default=None, metavar="SRC-TGT",
                     help="a language pair the model translates (ISO 639-1; repeat for more); "
                     "replaces the pairs the importer infers")
@@ -55,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError
     from model.hf.families import HFImportError
+    from model.hf.hub import download
     from model.hf.importer import Overrides, import_hf
 
     overrides = Overrides(
@@ -66,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
     )
     try:
-        out = import_hf(args.src, args.out, allow_pickle=args.allow_pickle,
-                        overrides=overrides, dtype=args.dtype)
+        hub = None
+        src = Path(args.src)
+        if not src.is_dir():
+            hub = download(args.src, args.revision, allow_pickle=args.allow_pickle)
+            src = hub.path
+        elif args.revision:
+            raise HFImportError(f"{src} is a local directory: --revision is for a hub id")
+        out = import_hf(src, args.out, allow_pickle=args.allow_pickle,
+                        overrides=overrides, dtype=args.dtype, hub=hub)
     except (HFImportError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

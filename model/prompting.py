@@ -71,6 +71,20 @@ class Prompting:
         spec.pop("language_pairs")  # the manifest keeps them at top level
         return spec
 
+    def needs_source(self, task: str, target_lang: str | None) -> bool:
+        """Whether `task` into `target_lang` puts the source language into the input
+        (NLLB's source code, a T5 prefix naming it) and the declared pairs cannot tell
+        it: the caller must give it or detect it, since `source_ids` would leave the
+        code out (or refuse) rather than guess."""
+        if self.style != "text":
+            return False
+        if self.source_tokens and "{source}" in (*self.prefix, *self.suffix):
+            return True
+        template = self.templates.get(task, "")
+        if "{source}" not in template and "{target}" not in template:
+            return False
+        return len({s for s, t in self.language_pairs if t == target_lang}) != 1
+
     def _source_lang(self, source_lang: str | None, target_lang: str) -> str:
         if source_lang is not None:
             return source_lang

@@ -1,6 +1,7 @@
-"""`sora import hf SRC --out DIR`: a local `save_pretrained` directory as a Sora
-checkpoint (verified hashes, atomic write), with a manifest that says what the model
-serves and how each task becomes its input (`model.prompting`).
+"""`sora import hf SRC --out DIR`: a local `save_pretrained` directory (or a hub
+snapshot, `model.hf.hub`) as a Sora checkpoint (verified hashes, atomic write), with a
+manifest that says what the model serves and how each task becomes its input
+(`model.prompting`).
 
 Weights come from *.safetensors only unless the caller allows pickle, and even then
 `torch.load(weights_only=True)` reads them. Serving the result needs none of
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer
 from model.checkpoint import save_checkpoint, sha256_file
 from model.config import ConfigError
 from model.hf.families import FAMILIES, Family, HFImportError, Source, family_of
+from model.hf.hub import HubSnapshot
 from model.hf.spm import SpmError, read_spm, spm_tokenizer
 from model.prompting import Prompting
 from model.sora import Sora
@@ -140,7 +142,7 @@ def _marian_tokenizer(src: Path, cfg: dict[str, Any]) -> tuple[Tokenizer, Tokeni
     return src_tok, tgt_tok
 
 
-def _marian_prompting(src: Path, cfg: dict[str, Any], tok: Tokenizer,
+def _marian_prompting(src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
                       pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
     codes = [t for t in tok.get_vocab() if t.startswith(">>") and t.endswith("<<")]
     if pairs is None:
@@ -150,7 +152,7 @@ def _marian_prompting(src: Path, cfg: dict[str, Any], tok: Tokenizer,
         s, t = info.get("source_lang"), info.get("target_lang")
         if not (s and t):
             m = MARIAN_NAME.search(str(cfg.get("_name_or_path", "")).rstrip("/")) or \
-                MARIAN_NAME.search(src.resolve().name)
+                MARIAN_NAME.search(name)
             if m:
                 s, t = m.groups()
         if not (s and t):
@@ -202,12 +204,13 @@ def _token(tok: Tokenizer, cfg: dict[str, Any], key: str) -> str:
     return str(token)
 
 
-def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
+def _infer(family: Family, src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
            pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
-    """The family's own prompting and language pairs (pairs: the user's, if given)."""
+    """The family's own prompting and language pairs (pairs: the user's, if given; name:
+    the directory's or hub id's, which names a Marian model's pair)."""
     eos = _token(tok, cfg, "eos_token_id")
     if family.architecture == "marian":
-        return _marian_prompting(src, cfg, tok, pairs)
+        return _marian_prompting(src, name, cfg, tok, pairs)
     if family.architecture in ("m2m100", "mbart"):
         return _language_code_prompting(tok, eos, pairs)
     if family.architecture == "t5":
@@ -220,12 +223,17 @@ def _infer(family: Family, src: Path, cfg: dict[str, Any], tok: Tokenizer,
 
 
 def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
-              overrides: Overrides | None = None, dtype: str = "float32") -> Path:
-    """Import the save_pretrained directory `src` into the Sora checkpoint `out`."""
+              overrides: Overrides | None = None, dtype: str = "float32",
+              hub: HubSnapshot | None = None) -> Path:
+    """Import the save_pretrained directory `src` into the Sora checkpoint `out`; `hub`:
+    the snapshot `src` is, whose id and commit the provenance records."""
     src, over = Path(src), overrides or Overrides()
     if not src.is_dir():
         raise HFImportError(f"{src}: not a directory (give a save_pretrained directory)")
     cfg = _read_json(src / "config.json")
+    # A hub snapshot's directory is named after its commit: the id names the model.
+    name = hub.repo_id if hub else src.resolve().name
+    source_model = hub.repo_id if hub else cfg.get("_name_or_path") or name
     family = family_of(cfg)
     src_weights = Source(load_weights(src, allow_pickle))
     try:
@@ -240,7 +248,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
                 f"missing tokenizer: {src / 'tokenizer.json'} (save the model's fast tokenizer "
                 "there: AutoTokenizer.from_pretrained(SRC).save_pretrained(SRC))")
         tok, target = Tokenizer.from_file(str(src / "tokenizer.json")), None
-    prompting, pairs = _infer(family, src, cfg, tok, over.pairs)
+    prompting, pairs = _infer(family, src, name, cfg, tok, over.pairs)
     prompting = replace(prompting, templates={**prompting.templates, **over.templates},
                         target_tokens={**prompting.target_tokens, **over.target_tokens},
                         language_pairs=pairs)
@@ -269,7 +277,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     # Pairs absent from the manifest: any two of its languages (M2M100, NLLB).
     any_pair = architecture in ("m2m100", "nllb", "mbart") and over.pairs is None
     info = {
-        "name": over.name or str(cfg.get("_name_or_path") or src.resolve().name),
+        "name": over.name or str(source_model),
         "architecture": architecture,
         "tasks": tasks,
         "languages": languages,
@@ -277,7 +285,8 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
         "prompting": prompting.to_dict(),
         "provenance": {
             "imported_from": str(src.resolve()),
-            "source_model": cfg.get("_name_or_path") or src.resolve().name,
+            "source_model": source_model,
+            **({"revision": hub.revision} if hub else {}),
             "model_type": cfg.get("model_type"),
             "transformers_version": cfg.get("transformers_version"),
             "sha256": {f.name: sha256_file(f) for f in sorted(src.iterdir())

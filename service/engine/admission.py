@@ -138,7 +138,9 @@ class Admission:
             raise InvalidRequest("target_lang is required for translate", field="target_lang")
         # The task and languages this model declares (names the field, lists what it serves).
         routing.check_serves(self.name, self.capabilities, [inp])
-        if inp.task == "translate" and inp.source_lang is None and self._needs_source(inp):
+        # REST and gRPC detect a missing source first; an OIP request may still lack it.
+        if inp.task == "translate" and inp.source_lang is None and \
+                tok.prompting.needs_source(inp.task, inp.target_lang):
             raise InvalidRequest(
                 f"model {self.name!r} needs source_lang to translate into "
                 f"{inp.target_lang!r}; give one of {', '.join(self.capabilities.languages)}",
@@ -184,17 +186,3 @@ class Admission:
         except TokenizerError as e:
             raise InvalidRequest(str(e), field="target_lang") from e
         return ids[0] if ids else None
-
-    def _needs_source(self, inp: TaskInput) -> bool:
-        """Whether this model's prompting puts the source language into its input (NLLB's
-        source code, a T5 prefix naming it) and cannot tell it from its declared pairs.
-        REST and gRPC detect a missing source first; an OIP request may still lack it."""
-        p = self.tokenizer.prompting
-        if p.style != "text":
-            return False
-        if p.source_tokens and "{source}" in (*p.prefix, *p.suffix):
-            return True  # the code would be left out, not inferred
-        template = p.templates.get(inp.task, "")
-        if "{source}" not in template and "{target}" not in template:
-            return False
-        return len({s for s, t in p.language_pairs if t == inp.target_lang}) != 1

@@ -3,6 +3,8 @@ code forced first out (their logits and generations: test_parity.py)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -76,3 +78,51 @@ def test_mbart50_codes(mbart: Checkpoint) -> None:
     cfg = mbart.model.config
     assert (cfg.norm_placement, cfg.positions, cfg.embedding_norm, cfg.final_norms) == \
         ("pre", "learned", True, True)
+
+
+GENERATE = ["generate", "--target-lang", "fr", "--max-new-tokens", "8"]
+
+
+def test_sora_generate_detects_a_missing_source_language(
+    nllb: Checkpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As the server's REST and gRPC front ends do: each text's own language, over the
+    # model's; left out, the source code would be missing from the input. --verbose: the
+    # score too, which the source code changes where this tiny model's text may not.
+    pytest.importorskip("py3langid")
+    texts = {"en": "the weather is nice today", "de": "die kinder singen ein lied"}
+    args = [*GENERATE, "--verbose", "--checkpoint", str(nllb.path)]
+    assert main([*args, *texts.values()]) == 0
+    detected = capsys.readouterr().out
+    explicit = ""
+    for lang, text in texts.items():
+        assert main([*args, "--source-lang", lang, text]) == 0
+        explicit += capsys.readouterr().out
+    assert detected == explicit
+    assert main([*args, "--source-lang", "de", texts["en"]]) == 0
+    assert capsys.readouterr().out != explicit.splitlines(keepends=True)[0]
+
+
+def test_sora_generate_refuses_an_unserved_language(
+    nllb: Checkpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("py3langid")
+    assert main([*GENERATE, "--checkpoint", str(nllb.path), "今日はいい天気ですね"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: detected language 'ja' (confidence ")
+    assert err.endswith(") is not served; served languages: de, en, fr\n")
+
+
+def test_sora_generate_without_detection_needs_the_source(
+    nllb: Checkpoint, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service import langdetect
+
+    for name in ("py3langid", "py3langid.langid"):  # not installed (no serve extra)
+        monkeypatch.setitem(sys.modules, name, None)
+    langdetect.detector_for.cache_clear()
+    langdetect._load.cache_clear()
+    assert main([*GENERATE, "--checkpoint", str(nllb.path), "we like tea"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --source-lang is required for this model: it reads de, en, fr (or pip "
+        "install 'sora[serve]' to detect it from the text)\n")
