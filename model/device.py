@@ -81,7 +81,8 @@ def compile_skipped(device: torch.device, dtype: torch.dtype, quantize: bool = F
 
 def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str = "off") -> Sora:
     """`model` (on its device, in eval mode) laid out as Sora serves it: int8 dynamic
-    quantization (CPU), or decoder weights column-major (CPU fp32), compiled now
+    quantization (CPU), or decoder weights column-major and decoder and output projections
+    through oneDNN (CPU fp32), compiled now
     (`Sora.compile_for_inference`; a failure raises) when `compile` is wait. background
     and off leave it eager here: background compiles later, on the engine's terms."""
     compile = compile_mode(compile)
@@ -91,7 +92,7 @@ def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str =
         if compile == "wait":
             raise ValueError("compile=wait does not apply to int8 quantized models")
         return quantize_int8(model)  # type: ignore[return-value]
-    model = model.column_major_decoder()
+    model = model.column_major_decoder().use_onednn()
     if compile == "wait":
         start = time.perf_counter()
         model.compile_for_inference()

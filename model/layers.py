@@ -56,6 +56,22 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear through oneDNN (`Sora.use_onednn`): bias added inside the kernel."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDNNLinear(nn.Linear):
+    """nn.Linear through `onednn_linear` (`Sora.use_onednn` swaps it in; the weights
+    and state dict stay nn.Linear's), F.linear where torch.compile traces it: oneDNN's
+    op does not compile at dynamic batch sizes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)
+        return onednn_linear(x, self.weight, self.bias)
+
+
 @dataclass(frozen=True)
 class Packing:
     """Where the real tokens of a right-padded (batch, length) batch are, so layers can
@@ -141,8 +157,16 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(config.d_model, 2 * inner, bias=config.linear_bias)
         self.out = nn.Linear(inner, config.d_model, bias=config.linear_bias)
 
-    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        k, v = (split_heads(t, self.n_heads) for t in self.kv(memory).chunk(2, dim=-1))
+    def project_memory(
+        self, memory: Tensor, packing: Packing | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Keys and values (batch, heads, src_len, head_dim) of memory (batch, src_len,
+        d_model), or of its real tokens (n_real, d_model) laid out by `packing`: zeros
+        at padding, which the cross-attention mask hides."""
+        kv = self.kv(memory)
+        if packing is not None:
+            kv = packing.unpack(kv)
+        k, v = (split_heads(t, self.n_heads) for t in kv.chunk(2, dim=-1))
         return k, v
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

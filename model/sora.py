@@ -24,7 +24,9 @@ from model.layers import (
     EncoderLayer,
     Packing,
     fused_attention,
+    OneDNNLinear,
     matmul_attention,
+    onednn_linear,
 )
 from model.positions import RelativeBias, absolute_positions
 from model.variants import make_final_norm, make_norm
@@ -35,12 +37,15 @@ PACK_ABOVE = 0.9
 # Sora._encode_packed's signature: (h, index, rows, mask, batch, length) -> memory.
 EncodePacked = Callable[[Tensor, Tensor, Tensor, Tensor, int, int], Tensor]
 DecodeStep = Callable[[Tensor, KVCache, Attend], Tensor]
+# F.linear's signature: (input, weight, bias) -> output.
+Linear = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 @dataclass(frozen=True)
 class CompiledSteps:
-    """A model's decode step and packed encoder through torch.compile, warmed up
-    (`Sora.compiled_steps`); in use once `Sora.use_compiled` installs them."""
+    """A model's decode step (up to the decoder's final hidden state) and packed encoder
+    through torch.compile, warmed up (`Sora.compiled_steps`); in use once
+    `Sora.use_compiled` installs them."""
 
     decode: DecodeStep
     encode: EncodePacked
@@ -81,6 +86,7 @@ class Sora(nn.Module):
             self.encoder_bias = RelativeBias(config, bidirectional=True)
             self.decoder_bias = RelativeBias(config, bidirectional=False)
         self.lm_head: nn.Linear | None = None
+        self._output_linear: Linear = F.linear
         self._compiled_decode: DecodeStep | None = None
         self._compiled_encode: EncodePacked | None = None
         if not config.tie_embeddings:
@@ -120,6 +126,25 @@ class Sora(nn.Module):
                 p.data = p.data.t().contiguous().t()
         return self
 
+    def use_onednn(self) -> Sora:
+        """Run the output projection and the decoder's linear layers through oneDNN's
+        kernel, for fp32 inference on CPU (elsewhere, or without oneDNN, a no-op). On
+        this project's AMD CPU, MKL's sgemm behind F.linear ran the output projection
+        ((rows, d) by (d, vocab 58k)) at half oneDNN's speed at 16-64 rows (and copies
+        the bias into the output first), the same at one row; the decoder's layers
+        gained ~8% at 64 rows. Outputs equal F.linear's to rounding (tested). Compiled
+        steps keep F.linear (`OneDNNLinear`). Inference only: the kernel has no
+        backward, and training never calls this."""
+        weight = self.embed.weight
+        if (weight.device.type != "cpu" or weight.dtype != torch.float32
+                or not torch.backends.mkldnn.is_available()):
+            return self
+        self._output_linear = onednn_linear
+        for module in self.decoder_layers.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = OneDNNLinear
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -137,7 +162,7 @@ class Sora(nn.Module):
         """Tied (or separate) output projection, plus the final logits bias where the
         model has one; softmax is left to the caller."""
         weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
-        return F.linear(hidden, weight, self.logits_bias)
+        return self._output_linear(hidden, weight, self.logits_bias)
 
     # -- masks: boolean, or a float bias carrying T5's relative positions ---------------
 
@@ -211,16 +236,21 @@ class Sora(nn.Module):
         """A cache for fresh rows: cross keys/values projected once, no tokens yet."""
         b = memory.shape[0]
         h, d = self.config.n_heads, self.config.head_dim
+        # Mixed source lengths: project the real tokens only, as encode() runs them.
+        packing = None
+        if int(src_valid.sum()) <= PACK_ABOVE * src_valid.numel():
+            packing = Packing.of(src_valid)
+            memory = packing.pack(memory)
         cross_k, cross_v = [], []
         for layer in self.decoder_layers:
-            k, v = cast(DecoderLayer, layer).cross_attn.project_memory(memory)
+            k, v = cast(DecoderLayer, layer).cross_attn.project_memory(memory, packing)
             # Contiguous, as every cache operation (select, concat, fill) leaves them: a
             # compiled decoder would compile again for the strides of the view.
             cross_k.append(k.contiguous())
             cross_v.append(v.contiguous())
         # One spare slot: a compiled decoder's steps read below the capacity.
         capacity = min(capacity, self.config.max_target_positions) + 1
-        zeros = memory.new_zeros(b, h, capacity, d)
+        zeros = cross_k[0].new_zeros(b, h, capacity, d)
         return KVCache(
             self_k=[zeros.clone() for _ in self.decoder_layers],
             self_v=[zeros.clone() for _ in self.decoder_layers],
@@ -245,18 +275,22 @@ class Sora(nn.Module):
         compiled = self._compiled_decode
         cache.begin_step(uniform=compiled is not None)
         if compiled is None:
-            logits = self._decode(tokens, cache, fused_attention)
+            hidden = self._decode(tokens, cache, fused_attention)
         else:
-            logits = compiled(tokens, cache, matmul_attention)
+            hidden = compiled(tokens, cache, matmul_attention)
         cache.end_step()
-        return logits
+        return self.output_logits(hidden)
 
     def _decode(self, tokens: Tensor, cache: KVCache, attend: Attend) -> Tensor:
+        """The decoder's final states (batch, d_model) for one new token per row. The
+        output projection stays outside, where a compiled step leaves it: inductor
+        calls a BLAS routine for it either way, and oneDNN's (`use_onednn`) does
+        not compile at dynamic batch sizes."""
         x = self._embed_target(tokens[:, None], cache.positions[:, None])  # (batch, 1, d_model)
         mask = self.step_mask(cache)
         for i, layer in enumerate(self.decoder_layers):
             x = cast(DecoderLayer, layer).step(x, cache, i, mask, attend)
-        return self.output_logits(self.decoder_norm(x[:, 0]))
+        return self.decoder_norm(x[:, 0])
 
     def compile_for_inference(self) -> Sora:
         """Compile (`compiled_steps`) and use the compiled steps at once. Raises, and

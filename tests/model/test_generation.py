@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.generation import BeamSearch, GenerationResult, generate
+from model.layers import OneDNNLinear
 from model.sampling import (
     DecodingParams,
     SamplingBatch,
@@ -285,3 +287,37 @@ def test_without_logprob_same_tokens(tiny_model: Sora, tiny_tokenizer: SoraToken
                                       torch.device("cpu"))
     tokens, logprob = choose(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]]), batch)
     assert tokens.tolist() == [1, 0] and logprob is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_onednn_keeps_outputs(tiny_model: Sora, tiny_tokenizer: SoraTokenizer) -> None:
+    fast = copy.deepcopy(tiny_model).use_onednn()
+    linears = [m for m in fast.decoder_layers.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is OneDNNLinear for m in linears)
+    assert fast.state_dict().keys() == tiny_model.state_dict().keys()
+    for kw in ({"max_new_tokens": 8}, {"strategy": "beam", "beam_size": 3, "max_new_tokens": 8}):
+        want, got = run(tiny_model, tiny_tokenizer, **kw), run(fast, tiny_tokenizer, **kw)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want]
+        for g, w in zip(got, want, strict=True):
+            assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+    src = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 0]])
+    tgt = torch.tensor([[1, 10, 11], [1, 12, 0]])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(src, tgt).logits, tiny_model(src, tgt).logits,
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_cross_keys_of_packed_sources(tiny_model: Sora) -> None:
+    """Mixed source lengths: cross keys/values are projected from the real tokens only,
+    equal to the padded projection wherever attention reads them."""
+    src = torch.tensor([[5, 6, 7, 8, 9, 2], [5, 2, 0, 0, 0, 0], [7, 2, 0, 0, 0, 0]])
+    valid = src != tiny_model.config.pad_id
+    with torch.inference_mode():
+        memory = tiny_model.encode(src, valid)
+        cache = tiny_model.new_cache(memory, valid)
+        for layer, k, v in zip(tiny_model.decoder_layers, cache.cross_k, cache.cross_v,
+                               strict=True):
+            want_k, want_v = layer.cross_attn.project_memory(memory)
+            mask = valid[:, None, :, None]
+            torch.testing.assert_close(k * mask, want_k * mask)
+            torch.testing.assert_close(v * mask, want_v * mask)
