@@ -22,9 +22,9 @@ from model.layers import (
     Attend,
     DecoderLayer,
     EncoderLayer,
+    OneDNNLinear,
     Packing,
     fused_attention,
-    OneDNNLinear,
     matmul_attention,
     onednn_linear,
 )
