@@ -3,9 +3,11 @@ inference layout a loaded model is served in."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,6 +67,19 @@ def compile_mode(value: str) -> str:
     return value
 
 
+@functools.cache
+def intel_cpu() -> bool:
+    """Whether this is an Intel CPU (Linux's /proc/cpuinfo; elsewhere assumed so), where
+    MKL's sgemm is at its best. Elsewhere (AMD here) oneDNN ran the large products of
+    a decode step faster (`Sora.use_onednn`); CTranslate2 picks its GEMM backend by the
+    same rule."""
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text(encoding="utf-8",
+                                                                  errors="replace")
+    except OSError:
+        return True
+
+
 def compile_skipped(device: torch.device, dtype: torch.dtype, quantize: bool = False) -> str | None:
     """Why compile=background serves this model eagerly, or None where it compiles:
     CPU fp32 with a C++ compiler (inductor builds its CPU kernels with it), where decode
@@ -81,8 +96,8 @@ def compile_skipped(device: torch.device, dtype: torch.dtype, quantize: bool = F
 
 def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str = "off") -> Sora:
     """`model` (on its device, in eval mode) laid out as Sora serves it: int8 dynamic
-    quantization (CPU), or decoder weights column-major and decoder and output projections
-    through oneDNN (CPU fp32), compiled now
+    quantization (CPU), or decoder weights column-major (CPU fp32; on a non-Intel CPU
+    the decoder's and output projections through oneDNN), compiled now
     (`Sora.compile_for_inference`; a failure raises) when `compile` is wait. background
     and off leave it eager here: background compiles later, on the engine's terms."""
     compile = compile_mode(compile)
@@ -92,7 +107,9 @@ def prepare_for_inference(model: Sora, *, quantize: bool = False, compile: str =
         if compile == "wait":
             raise ValueError("compile=wait does not apply to int8 quantized models")
         return quantize_int8(model)  # type: ignore[return-value]
-    model = model.column_major_decoder().use_onednn()
+    model = model.column_major_decoder()
+    if not intel_cpu():
+        model = model.use_onednn()
     if compile == "wait":
         start = time.perf_counter()
         model.compile_for_inference()

@@ -14,6 +14,7 @@ import torch
 import model.device as device_module
 from model.device import compile_skipped, prepare_for_inference
 from model.generation import generate
+from model.layers import OneDNNLinear, onednn_linear
 from model.sampling import DecodingParams
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -27,9 +28,10 @@ needs_compiler = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def compiled(tiny_model: Sora) -> Iterator[Sora]:
-    """A compiled copy of the tiny model, warmed up (two graphs each: batch 1, batch n)."""
+    """A compiled copy of the tiny model, warmed up (two graphs each: batch 1, batch n),
+    its decoder's linear layers as oneDNN's (compiled as F.linear) on every CPU."""
     torch._dynamo.reset()
-    yield copy.deepcopy(tiny_model).compile_for_inference()
+    yield copy.deepcopy(tiny_model).use_onednn().compile_for_inference()
     torch._dynamo.reset()
 
 
@@ -133,8 +135,9 @@ def test_no_compiling_after_warm_up(compiled: Sora) -> None:
 @needs_compiler
 def test_a_second_model_of_one_shape_reuses_the_graphs(tiny_model: Sora, compiled: Sora) -> None:
     # A registry serving two versions of one model: the second compiles nothing and
-    # computes with its own weights, not the first one's.
-    other = copy.deepcopy(tiny_model)
+    # computes with its own weights, not the first one's. (Prepared as `compiled` is:
+    # its layers' classes are part of what the graphs were compiled for.)
+    other = copy.deepcopy(tiny_model).use_onednn()
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in other.parameters():
@@ -181,6 +184,18 @@ def test_prepare_for_inference_modes(
     assert "compile=on is deprecated; use compile=wait" in caplog.text
     with pytest.raises(ValueError, match="compile=wait does not apply to int8"):
         prepare_for_inference(model, quantize=True, compile="wait")
+
+
+@pytest.mark.parametrize("intel", [True, False])
+def test_onednn_on_non_intel_cpus(
+    tiny_model: Sora, monkeypatch: pytest.MonkeyPatch, intel: bool
+) -> None:
+    monkeypatch.setattr(device_module, "intel_cpu", lambda: intel)
+    model = prepare_for_inference(copy.deepcopy(tiny_model), compile="off")
+    kinds = {type(m) for m in model.decoder_layers.modules() if isinstance(m, torch.nn.Linear)}
+    onednn = not intel and torch.backends.mkldnn.is_available()
+    assert kinds == ({OneDNNLinear} if onednn else {torch.nn.Linear})
+    assert (model._output_linear is onednn_linear) == onednn
 
 
 def test_where_background_compiling_applies(monkeypatch: pytest.MonkeyPatch) -> None:
