@@ -34,6 +34,15 @@ from model.variants import make_final_norm, make_norm
 # encode() drops the padding of a batch whose real tokens are fewer than this share of it.
 PACK_ABOVE = 0.9
 
+
+def sparse_packing(valid: Tensor) -> Packing | None:
+    """The packing of a batch's real tokens (`valid`: (batch, length)) where dropping
+    the padding pays (at most PACK_ABOVE of it real), else None: the encoder's layers
+    and the cross-attention projections both run on it."""
+    if int(valid.sum()) > PACK_ABOVE * valid.numel():
+        return None
+    return Packing.of(valid)
+
 # Sora._encode_packed's signature: (h, index, rows, mask, batch, length) -> memory.
 EncodePacked = Callable[[Tensor, Tensor, Tensor, Tensor, int, int], Tensor]
 DecodeStep = Callable[[Tensor, KVCache, Attend], Tensor]
@@ -206,17 +215,17 @@ class Sora(nn.Module):
             src_valid = src_ids != self.config.pad_id
         b, t = src_ids.shape
         x = self._embed_source(src_ids, torch.arange(t, device=src_ids.device))
-        n_real = int(src_valid.sum())
-        padded = n_real != b * t
+        padded = not bool(src_valid.all())
         mask = self.source_mask(src_valid if padded else None, t)
-        if mask is None or not padded or n_real > PACK_ABOVE * b * t:
+        packing = sparse_packing(src_valid) if padded else None
+        if packing is None:
             for layer in self.encoder_layers:
                 x = layer(x, mask)
             return self.encoder_norm(x)
         # Sources of mixed lengths: run the layers on the real tokens only (padding
         # would cost as much as real tokens in every projection and feed-forward), and
         # return zeros at padded positions.
-        packing = Packing.of(src_valid)
+        assert mask is not None
         run = self._compiled_encode or self._encode_packed
         return run(packing.pack(x), packing.index, packing.rows, mask, b, t)
 
@@ -238,9 +247,8 @@ class Sora(nn.Module):
         b = memory.shape[0]
         h, d = self.config.n_heads, self.config.head_dim
         # Mixed source lengths: project the real tokens only, as encode() runs them.
-        packing = None
-        if int(src_valid.sum()) <= PACK_ABOVE * src_valid.numel():
-            packing = Packing.of(src_valid)
+        packing = sparse_packing(src_valid)
+        if packing is not None:
             memory = packing.pack(memory)
         cross_k, cross_v = [], []
         for layer in self.decoder_layers:
