@@ -6,7 +6,7 @@ Sora's own models read `<task> [<2xx>] text [<sep> context] </s>`. Imported mode
 what they were trained on: T5 a text prefix ("translate English to German: ..."),
 multilingual OPUS-MT a `>>fra<<` target token, single-direction Marian the bare text,
 NLLB/M2M100 a source-language code and the target's code forced as the first output
-token (`forced_ids`).
+token (`forced_ids`). OPUS-MT also reads its text Moses-normalized (`model.moses`).
 The checkpoint's manifest stores the spec under "prompting" (absent: Sora's own).
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from model.moses import normalize_punctuation
 
 if TYPE_CHECKING:
     from model.tokenizer import SoraTokenizer
@@ -41,7 +43,8 @@ class Prompting:
     (translate) and the `prefix` tokens in front and the `suffix` tokens after. In
     prefix and suffix, "{source}" stands for `source_tokens[source_lang]` (left out when
     the request gives no source language). `forced_tokens[target_lang]` is the first
-    token the decoder must produce (NLLB's "deu_Latn")."""
+    token the decoder must produce (NLLB's "deu_Latn"). `moses_lang`: the language whose
+    Moses punctuation rules normalize the input first (OPUS-MT's); None: no rules."""
 
     style: str = "sora"
     templates: dict[str, str] = field(default_factory=dict)
@@ -52,6 +55,7 @@ class Prompting:
     forced_tokens: dict[str, str] = field(default_factory=dict)
     # [source, target] ISO pairs served; used to infer a missing source language.
     language_pairs: list[list[str]] = field(default_factory=list)
+    moses_lang: str | None = None
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -69,6 +73,8 @@ class Prompting:
     def to_dict(self) -> dict[str, Any]:
         spec = asdict(self)
         spec.pop("language_pairs")  # the manifest keeps them at top level
+        if self.moses_lang is None:  # manifests from before it stay as they were
+            spec.pop("moses_lang")
         return spec
 
     def needs_source(self, task: str, target_lang: str | None) -> bool:
@@ -123,6 +129,8 @@ class Prompting:
                 names = {"source": LANGUAGE_NAMES.get(source_lang, source_lang),
                          "target": LANGUAGE_NAMES.get(target_lang, target_lang)}
         body = template.format(text=text, context=context or "", **names)
+        if self.moses_lang is not None:
+            body = normalize_punctuation(body, self.moses_lang)
         if source_lang is not None and self.source_tokens:
             source = self._code(self.source_tokens, source_lang, "source")
         else:

@@ -145,10 +145,10 @@ def _marian_tokenizer(src: Path, cfg: dict[str, Any]) -> tuple[Tokenizer, Tokeni
 def _marian_prompting(src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
                       pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
     codes = [t for t in tok.get_vocab() if t.startswith(">>") and t.endswith("<<")]
+    info = {}
+    if (src / "tokenizer_config.json").is_file():
+        info = _read_json(src / "tokenizer_config.json")
     if pairs is None:
-        info = {}
-        if (src / "tokenizer_config.json").is_file():
-            info = _read_json(src / "tokenizer_config.json")
         s, t = info.get("source_lang"), info.get("target_lang")
         if not (s and t):
             m = MARIAN_NAME.search(str(cfg.get("_name_or_path", "")).rstrip("/")) or \
@@ -173,8 +173,11 @@ def _marian_prompting(src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
             else:
                 raise HFImportError(f"the vocabulary has no target token for {target!r} "
                                     "(pass --target-token LANG=>>code<<)")
+    # OPUS-MT was trained on Moses-normalized sources, by the rules of the language that
+    # MarianTokenizer.normalize uses (else the source the name or --pair gives).
+    moses_lang = info.get("source_lang") or next((source for source, _ in pairs), None)
     prompting = Prompting(style="text", templates={"translate": "{text}"},
-                          target_tokens=target_tokens, suffix=["</s>"])
+                          target_tokens=target_tokens, suffix=["</s>"], moses_lang=moses_lang)
     return prompting, pairs
 
 

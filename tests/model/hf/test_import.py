@@ -129,3 +129,5 @@ def test_languages_needed_for_an_unnamed_marian(marian_dir: Path, tmp_path: Path
     ckpt = load_checkpoint(import_hf(src, tmp_path / "out", overrides=Overrides(
         pairs=[["en", "de"]])))
     assert ckpt.manifest["language_pairs"] == [["en", "de"]]
+    # No tokenizer_config.json source_lang: the pair's source picks Moses' rules.
+    assert ckpt.manifest["prompting"]["moses_lang"] == "en"
