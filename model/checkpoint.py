@@ -3,7 +3,8 @@
     config.json            SoraConfig
     model.safetensors      weights (no pickle anywhere)
     tokenizer.json         Hugging Face tokenizers file (the source side)
-    target_tokenizer.json  only where the target side tokenizes differently (Marian)
+    target_tokenizer.json  only where the target side tokenizes differently or has its
+                           own vocabulary (Marian's target.spm, target_vocab.json)
     manifest.json          format version, sha256/size of every file, parameter count,
                            dtype, architecture, tasks, languages (language_pairs),
                            prompting, provenance and evaluation results
@@ -13,7 +14,10 @@ Format versions. 2 (written now) adds the architecture fields of SoraConfig
 `prompting`. Migration from 1: none on disk. A version-1 checkpoint is read as
 version 2 with every new field at its default, which is Sora's own architecture
 (`architecture` "sora", Sora's task tokens, any pair of its languages), so it loads
-and scores exactly as before; saving it again writes version 2.
+and scores exactly as before; saving it again writes version 2. Fields added to
+SoraConfig since (`d_attention`, `target_vocab_size`) default to the model before
+them (0: heads span d_model; one vocabulary and embedding for both sides), so a
+config.json without them loads unchanged in either version.
 
 Saving writes a temporary sibling directory and renames it into place, so a reader
 never sees a half-written checkpoint. Loading verifies every file before building the
@@ -209,6 +213,17 @@ def load_tokenizer(path: str | Path, manifest: dict[str, Any]) -> SoraTokenizer:
         raise CheckpointError(path / "tokenizer.json", f"unreadable tokenizer: {e}") from e
 
 
+def vocab_mismatch(tokenizer: SoraTokenizer, config: SoraConfig) -> str | None:
+    """Why `tokenizer` cannot feed a model of `config` (a side with more tokens than
+    the model has rows for), or None."""
+    target = "target_vocab_size" if config.target_vocab_size else "vocab_size"
+    for side, tokens, name in (("tokenizer", tokenizer.vocab_size, "vocab_size"),
+                               ("target tokenizer", tokenizer.target_vocab_size, target)):
+        if tokens > getattr(config, name):
+            return f"{side} has {tokens} tokens, config {name} is {getattr(config, name)}"
+    return None
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -222,12 +237,9 @@ def load_checkpoint(
     except (ConfigError, TypeError) as e:
         raise CheckpointError(path / "config.json", f"invalid config: {e}") from e
     tokenizer = load_tokenizer(path, manifest)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(
-            path / "tokenizer.json",
-            f"tokenizer has {tokenizer.vocab_size} tokens, "
-            f"config vocab_size is {config.vocab_size}",
-        )
+    mismatch = vocab_mismatch(tokenizer, config)
+    if mismatch:
+        raise CheckpointError(path / "tokenizer.json", mismatch)
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except SafetensorError as e:

@@ -53,6 +53,9 @@ class SoraConfig:
     linear_bias: bool = True  # biases in attention and feed-forward projections
     final_logits_bias: bool = False  # a (vocab,) bias added to the logits (Marian, BART)
     d_attention: int = 0  # heads * head_dim where it differs from d_model (T5 v1.1); 0 = d_model
+    # The decoder's own vocabulary, embedding and output projection (Marian with separate
+    # source/target vocabularies); 0 = one vocabulary, one embedding for both sides.
+    target_vocab_size: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_source_positions",
@@ -64,8 +67,10 @@ class SoraConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.d_attention, int) or self.d_attention < 0:
-            raise ConfigError(f"d_attention must be an integer >= 0, got {self.d_attention!r}")
+        for name in ("d_attention", "target_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.attention_dim % self.n_heads:
             name = "d_attention" if self.d_attention else "d_model"
             raise ConfigError(
@@ -93,15 +98,24 @@ class SoraConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 2:
                 raise ConfigError(f"{name} must be an integer >= 2, got {value!r}")
-        for name in ("pad_id", "bos_id", "eos_id"):
+        # bos and eos are target ids; pad pads both sides.
+        target = "target_vocab_size" if self.target_vocab_size else "vocab_size"
+        for name, limits in (("pad_id", ("vocab_size", target)), ("bos_id", (target,)),
+                             ("eos_id", (target,))):
             value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ConfigError(f"{name} must be a token id below vocab_size, got {value!r}")
+            for limit in limits:
+                if not isinstance(value, int) or not 0 <= value < getattr(self, limit):
+                    raise ConfigError(f"{name} must be a token id below {limit}, got {value!r}")
 
     @property
     def attention_dim(self) -> int:
         """Width of queries, keys and values (all heads together)."""
         return self.d_attention or self.d_model
+
+    @property
+    def decoder_vocab_size(self) -> int:
+        """The target side's vocabulary: the decoder's embedding rows, the logits' width."""
+        return self.target_vocab_size or self.vocab_size
 
     @property
     def head_dim(self) -> int:

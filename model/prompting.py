@@ -159,4 +159,5 @@ class Prompting:
         """The tokens the decoder must produce first for `target_lang` (none or one)."""
         if not self.forced_tokens or target_lang is None:
             return []
-        return [tokenizer.token_id(self._code(self.forced_tokens, target_lang, "target"))]
+        return [tokenizer.target_token_id(self._code(self.forced_tokens, target_lang,
+                                                     "target"))]

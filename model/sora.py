@@ -67,12 +67,18 @@ class ModelOutput:
 
 
 class Sora(nn.Module):
-    logits_bias: Tensor | None  # (vocab,) final_logits_bias, a buffer as in Marian/BART
+    logits_bias: Tensor | None  # (target vocab,) final_logits_bias, a buffer as in Marian/BART
 
     def __init__(self, config: SoraConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        # Marian's separate target vocabulary: the decoder's own embedding (which a tied
+        # output projection shares). None: the decoder reads `embed` too.
+        self.target_embed: nn.Embedding | None = None
+        if config.target_vocab_size:
+            self.target_embed = nn.Embedding(config.target_vocab_size, config.d_model,
+                                             padding_idx=config.pad_id)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
         self.source_positions, self.target_positions = absolute_positions(config)
         # BART's norm after embeddings + positions, one per side.
@@ -99,9 +105,10 @@ class Sora(nn.Module):
         self._compiled_decode: DecodeStep | None = None
         self._compiled_encode: EncodePacked | None = None
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.lm_head = nn.Linear(config.d_model, config.decoder_vocab_size, bias=False)
         self.register_buffer(
-            "logits_bias", torch.zeros(config.vocab_size) if config.final_logits_bias else None
+            "logits_bias",
+            torch.zeros(config.decoder_vocab_size) if config.final_logits_bias else None,
         )
         self.apply(self._init_weights)
 
@@ -129,7 +136,7 @@ class Sora(nn.Module):
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return self
         params = [m.weight for m in self.decoder_layers.modules() if isinstance(m, nn.Linear)]
-        params.append(self.lm_head.weight if self.lm_head is not None else weight)
+        params.append(self.output_weight)
         with torch.no_grad():
             for p in params:
                 p.data = p.data.t().contiguous().t()
@@ -164,15 +171,25 @@ class Sora(nn.Module):
         x = self.embed(ids) * self.embed_scale + self.source_positions(positions)
         return self.dropout(self.source_embed_norm(x))
 
+    @property
+    def target_embedding(self) -> nn.Embedding:
+        """The decoder's token embedding: the target side's own, else the shared one."""
+        return self.target_embed if self.target_embed is not None else self.embed
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The output projection's (target vocab, d_model) weight: the untied head's, else
+        the decoder's embedding."""
+        return self.lm_head.weight if self.lm_head is not None else self.target_embedding.weight
+
     def _embed_target(self, ids: Tensor, positions: Tensor) -> Tensor:
-        x = self.embed(ids) * self.embed_scale + self.target_positions(positions)
+        x = self.target_embedding(ids) * self.embed_scale + self.target_positions(positions)
         return self.dropout(self.target_embed_norm(x))
 
     def output_logits(self, hidden: Tensor) -> Tensor:
         """Tied (or separate) output projection, plus the final logits bias where the
         model has one; softmax is left to the caller."""
-        weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
-        return self._output_linear(hidden, weight, self.logits_bias)
+        return self._output_linear(hidden, self.output_weight, self.logits_bias)
 
     # -- masks: boolean, or a float bias carrying T5's relative positions ---------------
 

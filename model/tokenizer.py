@@ -36,11 +36,13 @@ class TokenizerError(ValueError):
 class SoraTokenizer:
     tokenizer: Tokenizer  # the source side (both sides where they are one)
     prompting: Prompting = field(default_factory=Prompting)
-    # The target side where it tokenizes differently (Marian's target.spm): decodes
+    # The target side where it tokenizes differently (Marian's target.spm, numbered by
+    # target_vocab.json where the model has a separate target vocabulary): decodes
     # outputs and encodes training targets.
     target: Tokenizer | None = None
-    special_ids: dict[str, int] = field(init=False)
+    special_ids: dict[str, int] = field(init=False)  # the source side's
     special_id_set: frozenset[int] = field(init=False)
+    target_special_id_set: frozenset[int] = field(init=False)  # what decoding skips
 
     def __post_init__(self) -> None:
         # No post-processor: Sora adds bos/eos and task prefixes explicitly (prompting).
@@ -58,6 +60,9 @@ class SoraTokenizer:
                 raise TokenizerError(f"tokenizer lacks special token {tok!r}")
             self.special_ids[tok] = found
         self.special_id_set = frozenset(self.special_ids.values())
+        self.target_special_id_set = self.special_id_set if self.target is None else frozenset(
+            tid for tid, added in self.target.get_added_tokens_decoder().items() if added.special
+        )
 
     # -- construction ------------------------------------------------------------------
 
@@ -102,6 +107,10 @@ class SoraTokenizer:
         return int(self.tokenizer.get_vocab_size())
 
     @property
+    def target_vocab_size(self) -> int:
+        return int((self.target or self.tokenizer).get_vocab_size())
+
+    @property
     def pad_id(self) -> int:
         return self.special_ids[PAD]
 
@@ -130,10 +139,11 @@ class SoraTokenizer:
         return self.special_ids[LANG_TOKENS[lang]]
 
     def token_id(self, token: str) -> int:
-        tid = self.tokenizer.token_to_id(token)
-        if tid is None:
-            raise TokenizerError(f"the tokenizer has no token {token!r}")
-        return int(tid)
+        return _id_of(self.tokenizer, token, "the tokenizer")
+
+    def target_token_id(self, token: str) -> int:
+        """`token`'s id in the target side's vocabulary (a token generation forces)."""
+        return _id_of(self.target or self.tokenizer, token, "the target side")
 
     def sentinel_id(self, i: int) -> int:
         return self.special_ids[SENTINELS[i]]
@@ -204,6 +214,13 @@ class SoraTokenizer:
         return ids
 
 
+def _id_of(tokenizer: Tokenizer, token: str, side: str) -> int:
+    tid = tokenizer.token_to_id(token)
+    if tid is None:
+        raise TokenizerError(f"{side} has no token {token!r}")
+    return int(tid)
+
+
 class IncrementalDetokenizer:
     """Turns a growing list of ids into text pieces, never splitting a UTF-8 character.
 
@@ -220,7 +237,7 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes (possibly empty)."""
-        if token_id in self.tokenizer.special_id_set:
+        if token_id in self.tokenizer.target_special_id_set:
             return ""
         self.ids.append(token_id)
         prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])

@@ -69,14 +69,23 @@ class Source:
 
 # -- Marian, BART, mBART, M2M100/NLLB: one layout, different norms and positions ------
 
+def _target_vocab_size(cfg: dict[str, Any]) -> int:
+    """The decoder's own vocabulary size where it has one (Marian with
+    share_encoder_decoder_embeddings false), else 0: one vocabulary for both sides."""
+    if cfg.get("share_encoder_decoder_embeddings", True):
+        return 0
+    return int(cfg.get("decoder_vocab_size") or cfg["vocab_size"])
+
+
 def _tied(cfg: dict[str, Any], src: Source) -> bool:
-    """Whether the output projection is the embedding: the config says so, and no
-    separate lm_head weight that differs from it is saved."""
+    """Whether the output projection is the decoder's embedding: the config says so, and
+    no separate lm_head weight that differs from it is saved."""
     if not src.has("lm_head.weight"):
         return True
-    shared = src.first("shared.weight", "encoder.embed_tokens.weight")
+    embed = (src("decoder.embed_tokens.weight") if _target_vocab_size(cfg)
+             else src.first("shared.weight", "encoder.embed_tokens.weight"))
     head = src("lm_head.weight")
-    return head.shape == shared.shape and bool(torch.equal(head, shared))
+    return head.shape == embed.shape and bool(torch.equal(head, embed))
 
 
 def bart_like_config(cfg: dict[str, Any], src: Source, **arch: Any) -> SoraConfig:
@@ -97,6 +106,7 @@ def bart_like_config(cfg: dict[str, Any], src: Source, **arch: Any) -> SoraConfi
         eos_id=cfg["eos_token_id"],
         tie_embeddings=_tied(cfg, src),
         scale_embeddings=bool(cfg.get("scale_embedding", False)),
+        target_vocab_size=_target_vocab_size(cfg),
         **arch,
     )
 
@@ -121,6 +131,8 @@ def _copy(src: Source, hf: str, ours: str, out: Weights) -> None:
 
 def bart_like_weights(src: Source, config: SoraConfig, cfg: dict[str, Any]) -> Weights:
     out: Weights = {"embed.weight": src.first("shared.weight", "encoder.embed_tokens.weight")}
+    if config.target_vocab_size:
+        out["target_embed.weight"] = src("decoder.embed_tokens.weight")
     for i in range(config.n_encoder_layers):
         hf, ours = f"encoder.layers.{i}", f"encoder_layers.{i}"
         _bart_attention(src, f"{hf}.self_attn", f"{ours}.attn", out, cross=False)
@@ -154,9 +166,9 @@ def bart_like_weights(src: Source, config: SoraConfig, cfg: dict[str, Any]) -> W
 
 
 def marian_config(cfg: dict[str, Any], src: Source) -> SoraConfig:
-    if not cfg.get("share_encoder_decoder_embeddings", True):
-        raise HFImportError("Marian models with separate source/target vocabularies "
-                           "(share_encoder_decoder_embeddings false) are not supported")
+    """Marian: post-norm, sinusoidal halves, a final logits bias; with
+    share_encoder_decoder_embeddings false, the decoder's own vocabulary of
+    decoder_vocab_size (its embedding, the tied lm_head and the bias)."""
     return bart_like_config(cfg, src, norm_placement="post", final_norms=False,
                             positions="sinusoidal-halves", final_logits_bias=True)
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from model.checkpoint import save_checkpoint, sha256_file
+from model.checkpoint import save_checkpoint, sha256_file, vocab_mismatch
 from model.config import ConfigError
 from model.hf.families import FAMILIES, Family, HFImportError, Source, family_of
 from model.hf.hub import HubSnapshot
@@ -117,29 +117,49 @@ def load_weights(src: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 
 def _marian_tokenizer(src: Path, cfg: dict[str, Any]) -> tuple[Tokenizer, Tokenizer | None]:
     """Marian's source.spm/target.spm over vocab.json as `tokenizers` tokenizers: the
-    target one only where the two .spm files differ."""
+    target one where the two .spm files differ, or where the decoder has its own
+    vocabulary (share_encoder_decoder_embeddings false), which target_vocab.json numbers
+    as MarianTokenizer(separate_vocabs=True) does."""
     vocab_path, source, target = src / "vocab.json", src / "source.spm", src / "target.spm"
     for f in (vocab_path, source, target):
         if not f.is_file():
             raise HFImportError(f"missing tokenizer: {f} (a Marian model needs source.spm, "
                                 "target.spm and vocab.json)")
-    if (src / "target_vocab.json").is_file():
-        raise HFImportError("Marian models with separate source/target vocabularies "
-                            "(target_vocab.json) are not supported")
-    vocab = {str(k): int(v) for k, v in _read_json(vocab_path).items()}
-    unk = "<unk>"
-    if unk not in vocab:
-        raise HFImportError(f"{vocab_path}: has no {unk!r}")
-    special = [t for t in vocab if t in ("</s>", "<pad>", unk) or
-               (t.startswith(">>") and t.endswith("<<"))]
+    target_vocab_path = src / "target_vocab.json"
+    separate = not cfg.get("share_encoder_decoder_embeddings", True)
+    if separate != target_vocab_path.is_file():
+        raise HFImportError(
+            f"{target_vocab_path} {'is missing' if separate else 'exists'} but config.json's "
+            f"share_encoder_decoder_embeddings is {str(not separate).lower()}: the model and "
+            "its tokenizer disagree on a separate target vocabulary")
+    vocab = _marian_vocab(vocab_path)
+    target_vocab = _marian_vocab(target_vocab_path) if separate else vocab
+    if separate and vocab.get("<pad>") != cfg["pad_token_id"]:
+        raise HFImportError(f"{vocab_path}: <pad> is {vocab.get('<pad>')}, config.json's "
+                            f"pad_token_id {cfg['pad_token_id']} (which pads sources)")
     try:
-        src_tok = spm_tokenizer(read_spm(source), vocab, unk, special)
+        src_tok = _marian_side(source, vocab)
         tgt_tok = None
-        if source.read_bytes() != target.read_bytes():
-            tgt_tok = spm_tokenizer(read_spm(target), vocab, unk, special)
+        if separate or source.read_bytes() != target.read_bytes():
+            tgt_tok = _marian_side(target, target_vocab)
     except SpmError as e:
         raise HFImportError(str(e)) from e
     return src_tok, tgt_tok
+
+
+def _marian_vocab(path: Path) -> dict[str, int]:
+    vocab = {str(k): int(v) for k, v in _read_json(path).items()}
+    if "<unk>" not in vocab:
+        raise HFImportError(f"{path}: has no '<unk>'")
+    return vocab
+
+
+def _marian_side(spm: Path, vocab: dict[str, int]) -> Tokenizer:
+    """One side's .spm numbered by its vocabulary, whose </s>, <pad>, <unk> and >>xx<<
+    language tokens are special (matched whole, skipped on decode)."""
+    special = [t for t in vocab if t in ("</s>", "<pad>", "<unk>") or
+               (t.startswith(">>") and t.endswith("<<"))]
+    return spm_tokenizer(read_spm(spm), vocab, "<unk>", special)
 
 
 def _marian_prompting(src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
@@ -264,9 +284,9 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
         tokenizer = SoraTokenizer(tok, prompting, target)
     except TokenizerError as e:
         raise HFImportError(f"tokenizer: {e}") from e
-    if tokenizer.vocab_size > config.vocab_size:
-        raise HFImportError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model "
-                            f"{config.vocab_size}")
+    mismatch = vocab_mismatch(tokenizer, config)
+    if mismatch:
+        raise HFImportError(mismatch)
     model = Sora(config)
     state = family.weights(src_weights, config, cfg)
     _check_shapes(model, state)

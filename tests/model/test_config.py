@@ -29,6 +29,11 @@ from model.config import ConfigError, SoraConfig
          "positions 'sinusoidal-halves' need an even d_model"),
         ({"eos_id": 8000}, "eos_id must be a token id below vocab_size, got 8000"),
         ({"pad_id": -1}, "pad_id must be a token id below vocab_size, got -1"),
+        ({"target_vocab_size": -1}, "target_vocab_size must be an integer >= 0, got -1"),
+        ({"target_vocab_size": 100, "eos_id": 100},
+         "eos_id must be a token id below target_vocab_size, got 100"),
+        ({"vocab_size": 100, "target_vocab_size": 8000, "pad_id": 100},
+         "pad_id must be a token id below vocab_size, got 100"),
     ],
 )
 def test_invalid_config_message(overrides: dict[str, object], message: str) -> None:
@@ -40,6 +45,8 @@ def test_invalid_config_message(overrides: dict[str, object], message: str) -> N
 def test_defaults_and_head_dim() -> None:
     cfg = SoraConfig()
     assert (cfg.d_model, cfg.n_heads, cfg.head_dim) == (256, 4, 64)
+    assert (cfg.target_vocab_size, cfg.decoder_vocab_size) == (0, cfg.vocab_size)
+    assert SoraConfig(target_vocab_size=500).decoder_vocab_size == 500
 
 
 def test_file_round_trip(tmp_path: Path) -> None:

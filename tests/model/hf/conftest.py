@@ -76,31 +76,71 @@ def save_random(path: Path, model_class: type, config: object, seed: int, std: f
     return path
 
 
+# Marian's tiny shape: ids (pad, eos, decoder start) are each fixture's own.
+MARIAN_SHAPE = {
+    "d_model": 16, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
+    "max_position_embeddings": 64, "activation_function": "swish", "forced_eos_token_id": None,
+    "dropout": 0.0,
+}
+
+
+def spm_pieces(path: Path) -> list[str]:
+    """A trained .spm's pieces but its <unk> (which Marian's vocabularies name)."""
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_unknown(i)]
+
+
+def write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
 def save_marian(path: Path, multilingual: bool) -> Path:
     path.mkdir()
     train_spm(ENGLISH, path / "source.spm", 60)
     train_spm(GERMAN, path / "target.spm", 60)
     pieces: list[str] = ["</s>", "<unk>"]
     for name in ("source.spm", "target.spm"):
-        sp = spm.SentencePieceProcessor(model_file=str(path / name))
-        pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size())
-                   if not sp.is_unknown(i) and sp.id_to_piece(i) not in pieces]
+        pieces += [p for p in spm_pieces(path / name) if p not in pieces]
     if multilingual:
         pieces += [">>deu<<", ">>fra<<"]
     vocab = {p: i for i, p in enumerate([*pieces, "<pad>"])}
-    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"source_lang": "en", "target_lang": "de"}), encoding="utf-8")
+    write_json(path / "vocab.json", vocab)
+    write_json(path / "tokenizer_config.json", {"source_lang": "en", "target_lang": "de"})
     pad = vocab["<pad>"]
     config = transformers.MarianConfig(
-        vocab_size=len(vocab), d_model=16, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, max_position_embeddings=64, activation_function="swish",
-        pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad,
-        forced_eos_token_id=None, bad_words_ids=[[pad]], dropout=0.0,
+        vocab_size=len(vocab), **MARIAN_SHAPE, pad_token_id=pad, eos_token_id=0,
+        decoder_start_token_id=pad, bad_words_ids=[[pad]],
     )
     return save_random(path, transformers.MarianMTModel, config,
                        seed=1, std=STD, eos_bias=EOS_BIAS)
+
+
+def save_marian_separate(path: Path) -> Path:
+    """OPUS-MT with separate vocabularies (share_encoder_decoder_embeddings false): each
+    side's own .spm and vocabulary (vocab.json, target_vocab.json), of different sizes and
+    numberings (</s> differs; <pad> is config.json's pad_token_id in both, as the one
+    padding id of both embeddings), the lm_head tied to the decoder's embedding."""
+    path.mkdir()
+    train_spm(ENGLISH, path / "source.spm", 60)
+    train_spm(GERMAN, path / "target.spm", 45)
+    source = ["<unk>", "<pad>", "</s>", *spm_pieces(path / "source.spm")]
+    target = ["</s>", "<pad>", "<unk>", *spm_pieces(path / "target.spm")]
+    vocab, target_vocab = ({p: i for i, p in enumerate(v)} for v in (source, target))
+    write_json(path / "vocab.json", vocab)
+    write_json(path / "target_vocab.json", target_vocab)
+    write_json(path / "tokenizer_config.json",
+               {"source_lang": "en", "target_lang": "de", "separate_vocabs": True})
+    config = transformers.MarianConfig(
+        vocab_size=len(vocab), decoder_vocab_size=len(target_vocab),
+        share_encoder_decoder_embeddings=False, **MARIAN_SHAPE, pad_token_id=1,
+        eos_token_id=0, decoder_start_token_id=1, bad_words_ids=[[1]],
+    )
+    return save_random(path, transformers.MarianMTModel, config,
+                       seed=10, std=SEPARATE_STD, eos_bias=SEPARATE_EOS_BIAS)
+
+
+SEPARATE_STD, SEPARATE_EOS_BIAS = 0.6, 4.3  # a mix of ended and cut-off outputs
 
 
 def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
@@ -199,6 +239,7 @@ MODELS: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "marian": ("opus-mt-en-de", lambda p: save_marian(p, multilingual=False), "MarianMTModel"),
     "marian_multi": ("opus-mt-en-mul", lambda p: save_marian(p, multilingual=True),
                      "MarianMTModel"),
+    "marian_sep": ("opus-mt-en-de-separate", save_marian_separate, "MarianMTModel"),
     "t5": ("t5-tiny", lambda p: save_t5(p, gated=False), "T5ForConditionalGeneration"),
     "flan": ("flan-t5-tiny", lambda p: save_t5(p, gated=True), "T5ForConditionalGeneration"),
     "bart": ("bart-tiny", save_bart, "BartForConditionalGeneration"),

@@ -1,5 +1,6 @@
-"""Fine-tuning imported models (`init_from`): a tiny OPUS-MT-style Marian checkpoint (bare
-text in, its own target-side vocabulary), a tiny T5 (a "translate English to German:"
+"""Fine-tuning imported models (`init_from`): tiny OPUS-MT-style Marian checkpoints (bare
+text in, a target-side tokenizer of their own; one with separate source and target
+vocabularies and embeddings), a tiny T5 (a "translate English to German:"
 prefix) and a tiny NLLB (language codes, the target's forced first) are trained on the
 user's parallel TSV in their own input formats; their loss falls, they keep their
 declaration and format, and they serve."""
@@ -28,7 +29,7 @@ from tests.model.hf.conftest import ENGLISH, GERMAN
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module", params=["marian", "t5", "nllb"])
+@pytest.fixture(scope="module", params=["marian", "marian_sep", "t5", "nllb"])
 def imported(request: pytest.FixtureRequest) -> Checkpoint:
     return request.getfixturevalue(request.param)
 

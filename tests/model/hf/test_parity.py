@@ -19,7 +19,7 @@ TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the
 # family -> (imported checkpoint fixture, transformers model fixture)
 FAMILIES = {"marian": ("marian", "marian_hf"), "t5": ("t5", "t5_hf"), "flan": ("flan", "flan_hf"),
             "bart": ("bart", "bart_hf"), "nllb": ("nllb", "nllb_hf"),
-            "mbart": ("mbart", "mbart_hf")}
+            "mbart": ("mbart", "mbart_hf"), "marian_sep": ("marian_sep", "marian_sep_hf")}
 
 
 def sources(ckpt: Checkpoint) -> list[list[int]]:
