@@ -36,13 +36,18 @@ def assert_logits_match(ckpt: Checkpoint, hf: torch.nn.Module, sources: list[lis
 
 
 def hf_generate(hf: torch.nn.Module, sources: list[list[int]], pad: int, eos: int,
-                max_new_tokens: int, beams: int, forced: int | None = None) -> list[list[int]]:
+                max_new_tokens: int, beams: int, forced: int | None = None,
+                start: int | None = None) -> list[list[int]]:
+    """transformers' tokens after the decoder start (`start`: in place of the config's),
+    up to eos; `forced`: forced_bos_token_id."""
     src, mask = hf_batch(sources, pad)
+    # Passed as None, decoder_start_token_id would fall back to bos, not the config's.
+    starts = {} if start is None else {"decoder_start_token_id": start}
     with torch.no_grad():
         out = hf.generate(input_ids=src, attention_mask=mask, max_new_tokens=max_new_tokens,
                           num_beams=beams, do_sample=False, early_stopping=True,
                           length_penalty=1.0, num_return_sequences=1,
-                          forced_bos_token_id=forced)
+                          forced_bos_token_id=forced, **starts)
     rows = []
     for row in out.tolist():
         row = row[1:]  # the decoder start token
