@@ -3,11 +3,16 @@ generate()'s tokens."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import torch
 
 from model.checkpoint import Checkpoint
 from model.generation import generate, pad_batch
 from model.sampling import DecodingParams
+from service.engine.config import EngineConfig
+from service.engine.engine import Engine
 
 CPU = torch.device("cpu")
 
@@ -63,3 +68,15 @@ def sora_generate(ckpt: Checkpoint, sources: list[list[int]], max_new_tokens: in
                             max_new_tokens=max_new_tokens, early_stopping=True)
     first = [[] if forced is None else [forced]] * len(sources)
     return [r.token_ids for r in generate(ckpt.model, ckpt.tokenizer, sources, params, first)]
+
+
+@contextlib.asynccontextmanager
+async def cpu_engine(ckpt: Checkpoint, name: str) -> AsyncIterator[Engine]:
+    """An in-process engine over `ckpt` (CPU, no warmup or compiling), drained after."""
+    config = EngineConfig(warmup=False, device="cpu", compile="off", max_batch_sequences=6)
+    engine = Engine(ckpt, config, name=name)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.drain(timeout=10.0)

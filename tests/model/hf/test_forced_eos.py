@@ -13,10 +13,8 @@ from cli.main import main
 from model.checkpoint import Checkpoint
 from model.generation import generate
 from model.sampling import DecodingParams
-from service.engine.config import EngineConfig
-from service.engine.engine import Engine
 from service.engine.request import TaskInput
-from tests.model.hf.parity import hf_generate, sora_generate
+from tests.model.hf.parity import cpu_engine, hf_generate, sora_generate
 
 pytest.importorskip("transformers")
 
@@ -60,10 +58,7 @@ def test_sampling_ends_every_output(bart_cnn: Checkpoint) -> None:
 async def test_engine_serves_what_sora_generate_prints(
     bart_cnn: Checkpoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = EngineConfig(warmup=False, device="cpu", compile="off", max_batch_sequences=6)
-    engine = Engine(bart_cnn, config, name="cnn")
-    await engine.start()
-    try:
+    async with cpu_engine(bart_cnn, "cnn") as engine:
         for strategy in ("greedy", "beam", "sample"):
             # Mixed limits in one batch: each row is forced at its own last step.
             for limit in (LIMIT, LIMIT + 3):
@@ -84,5 +79,3 @@ async def test_engine_serves_what_sora_generate_prints(
                              str(limit), *TEXTS]) == 0
                 assert [c.text for c in done] == capsys.readouterr().out.splitlines()
                 assert {c.finish_reason for c in done} == {"eos"}
-    finally:
-        await engine.drain(timeout=10.0)

@@ -20,9 +20,8 @@ from model.training.data.records import TranslateRecord
 from model.training.finetune import encode_records
 from service.engine.config import EngineConfig
 from service.engine.core_client import CoreClient
-from service.engine.engine import Engine
 from service.engine.request import TaskInput
-from tests.model.hf.parity import hf_generate, sora_generate
+from tests.model.hf.parity import cpu_engine, hf_generate, sora_generate
 
 transformers = pytest.importorskip("transformers")
 
@@ -122,10 +121,7 @@ def cli_outputs(ckpt: Checkpoint, target: str, strategy: str,
 async def test_engine_serves_what_sora_generate_prints(
     mbart_cc25: Checkpoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = EngineConfig(warmup=False, device="cpu", compile="off", max_batch_sequences=6)
-    engine = Engine(mbart_cc25, config, name="cc25")
-    await engine.start()
-    try:
+    async with cpu_engine(mbart_cc25, "cc25") as engine:
         for strategy in ("greedy", "beam"):
             params = DecodingParams(strategy=strategy, max_new_tokens=12)  # type: ignore[arg-type]
             for target in ("de", "fr"):
@@ -134,8 +130,6 @@ async def test_engine_serves_what_sora_generate_prints(
                 done = await asyncio.gather(*(engine.generate(i, params) for i in inputs))
                 assert [c.text for c in done] == cli_outputs(mbart_cc25, target, strategy,
                                                              capsys)
-    finally:
-        await engine.drain(timeout=10.0)
 
 
 async def test_engine_core_process_serves_it(
