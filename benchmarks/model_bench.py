@@ -20,6 +20,7 @@ import torch
 from model.config import SoraConfig
 from model.device import prepare_for_inference
 from model.generation import generate
+from model.prompting import Prompting
 from model.sampling import DecodingParams
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -120,6 +121,8 @@ def with_precision(model: Sora, precision: str, device: str = "cpu") -> Sora:
 
 class _NoText:
     """Stands in for the tokenizer: the benchmark times ids, not detokenization."""
+
+    prompting = Prompting()  # Sora's own: the decoder starts from bos
 
     def decode_batch(self, batch: list[list[int]], skip_special: bool = True) -> list[str]:
         return [""] * len(batch)

@@ -38,6 +38,9 @@ class SoraConfig:
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
+    # A length-limited output's last token is eos (transformers' forced_eos_token_id,
+    # BART-large-cnn): generation forces it where a row reaches max_new_tokens.
+    forced_eos: bool = False
     tie_embeddings: bool = True
     # -- architecture (format version 2); the defaults are Sora's own model ------------
     norm: str = "layernorm"

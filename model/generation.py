@@ -151,10 +151,11 @@ class BeamSearch:
         return out
 
 
-def force_first(logits: Tensor, forced: Tensor) -> Tensor:
-    """The first step's logits (rows, vocab) with each row's forced token (forced: (rows,),
-    -1 for none) the only choice, at log-probability 0: what transformers'
-    forced_bos_token_id does (NLLB/M2M100's target language code)."""
+def force_tokens(logits: Tensor, forced: Tensor) -> Tensor:
+    """Logits (rows, vocab) with each row's forced token (forced: (rows,), -1 for none)
+    the only choice, at log-probability 0: what transformers' forced_bos_token_id does at
+    the first step (NLLB/M2M100's target language code), and forced_eos_token_id at the
+    last (`force_eos`)."""
     rows = (forced >= 0).nonzero().flatten()
     if not rows.numel():
         return logits
@@ -162,6 +163,23 @@ def force_first(logits: Tensor, forced: Tensor) -> Tensor:
     logits[rows] = float("-inf")
     logits[rows, forced[rows]] = 0.0
     return logits
+
+
+def force_eos(logits: Tensor, at_limit: Tensor, eos_id: int) -> Tensor:
+    """Rows at their last allowed step (at_limit: (rows,) bool) can only produce eos, so
+    an output cut off by max_new_tokens still ends (config.forced_eos: BART-large-cnn)."""
+    return force_tokens(logits, torch.where(at_limit, eos_id, -1))
+
+
+def decoder_start(bos_id: int, n: int, device: torch.device, forced: Tensor | None,
+                  forced_start: bool) -> tuple[Tensor, Tensor | None]:
+    """(rows,) the token each row's decoder starts from, and the (rows,) tokens still to
+    force at the first step. Usually bos, and `forced` as it is; with `forced_start`
+    (mBART-cc25) a row's forced token is its start token instead, and none is forced."""
+    tokens = torch.full((n,), bos_id, dtype=torch.long, device=device)
+    if forced is None or not forced_start:
+        return tokens, forced
+    return torch.where(forced >= 0, forced, tokens), None
 
 
 def _forced(forced: list[list[int]] | None, device: torch.device) -> Tensor | None:
@@ -183,7 +201,8 @@ def generate(
     discriminator: Discriminator | None = None,
 ) -> list[GenerationResult]:
     """Decode every source (already tokenized, with task prefix and eos). `forced[i]`:
-    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any.
+    the token source i's output must start with (`SoraTokenizer.forced_ids`), if any, or
+    its decoder's start token where the prompting says so (`Prompting.forced_start`).
     params.rerank: each output is the `discriminator`'s favourite of the beam's n best."""
     if not sources:
         return []
@@ -192,6 +211,7 @@ def generate(
     if params.strategy == "beam":
         return [_beam(model, tokenizer, src, params, forced[i] if forced else [],
                       discriminator) for i, src in enumerate(sources)]
+    forced_start = tokenizer.prompting.forced_start
     device = model.embed.weight.device
     cfg = model.config
     n = len(sources)
@@ -201,12 +221,11 @@ def generate(
     generated = torch.full((n, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     logprob = torch.zeros(n, device=device)
     n_gen = torch.zeros(n, dtype=torch.long, device=device)
-    tokens = torch.full((n,), cfg.bos_id, dtype=torch.long, device=device)
     out_len = [0] * n
     reason = ["length"] * n
     out_tokens = torch.full_like(generated, cfg.pad_id)
     out_logprob = torch.zeros(n, device=device)
-    first = _forced(forced, device)
+    tokens, first = decoder_start(cfg.bos_id, n, device, _forced(forced, device), forced_start)
     # Every row started together, so all have generated `step` tokens: writes go to one
     # column and the length limit is a host-side check, with no per-row bookkeeping.
     step = 0
@@ -214,7 +233,9 @@ def generate(
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
         if step == 0 and first is not None:
-            logits = force_first(logits, first)
+            logits = force_tokens(logits, first)
+        if cfg.forced_eos and step == params.max_new_tokens - 1:
+            logits = force_eos(logits, ~sampling.ignore_eos, cfg.eos_id)
         tokens, lp = choose(logits, sampling)
         generated[:, step] = tokens
         if lp is not None:
@@ -254,10 +275,12 @@ def generate(
 
 
 def beam_nbest(
-    model: Sora, source: list[int], params: DecodingParams, forced: list[int] | None = None
+    model: Sora, source: list[int], params: DecodingParams, forced: list[int] | None = None,
+    forced_start: bool = False,
 ) -> list[Hypothesis]:
     """Beam search for one source: its params.num_return_sequences best hypotheses,
-    best first; `forced`: the token every hypothesis starts with, if any."""
+    best first; `forced`: the token every hypothesis starts with, if any (with
+    `forced_start`: the token the decoder starts from)."""
     device = model.embed.weight.device
     cfg = model.config
     k = params.beam_size
@@ -267,15 +290,18 @@ def beam_nbest(
     )
     sampling = SamplingBatch.from_params([params] * k, device)
     search = BeamSearch(params, cfg.eos_id)
-    tokens = torch.full((k,), cfg.bos_id, dtype=torch.long, device=device)
     generated = torch.full((k, params.max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     n_gen = torch.zeros(k, dtype=torch.long, device=device)
-    first = _forced([forced or []] * k, device)
+    tokens, first = decoder_start(cfg.bos_id, k, device, _forced([forced or []] * k, device),
+                                  forced_start)
     while not search.done:
         logits = model.decode_step(tokens, cache).float()
         logits = constrain(logits, sampling, generated, n_gen, cfg.eos_id)
         if first is not None and not search.beams[0]:
-            logits = force_first(logits, first)
+            logits = force_tokens(logits, first)
+        if cfg.forced_eos and len(search.beams[0]) == params.max_new_tokens - 1:
+            # As transformers applies it to beam scores: every beam can only end.
+            logits = force_eos(logits, ~sampling.ignore_eos, cfg.eos_id)
         parents, next_tokens = search.step(logits.log_softmax(dim=-1))
         if search.done:
             break
@@ -292,7 +318,7 @@ def _beam(
     model: Sora, tokenizer: SoraTokenizer, source: list[int], params: DecodingParams,
     forced: list[int], discriminator: Discriminator | None,
 ) -> GenerationResult:
-    hyps = beam_nbest(model, source, params, forced)
+    hyps = beam_nbest(model, source, params, forced, tokenizer.prompting.forced_start)
     outputs = [h.output for h in hyps]
     pick = 0
     if params.rerank and discriminator is not None:

@@ -6,7 +6,9 @@ Sora's own models read `<task> [<2xx>] text [<sep> context] </s>`. Imported mode
 what they were trained on: T5 a text prefix ("translate English to German: ..."),
 multilingual OPUS-MT a `>>fra<<` target token, single-direction Marian the bare text,
 NLLB/M2M100 a source-language code and the target's code forced as the first output
-token (`forced_ids`). OPUS-MT also reads its text Moses-normalized (`model.moses`).
+token (`forced_ids`), mBART-cc25 the source's code after the text and the target's code
+as the decoder's start token (`forced_start`). OPUS-MT also reads its text
+Moses-normalized (`model.moses`).
 The checkpoint's manifest stores the spec under "prompting" (absent: Sora's own).
 """
 
@@ -43,8 +45,11 @@ class Prompting:
     (translate) and the `prefix` tokens in front and the `suffix` tokens after. In
     prefix and suffix, "{source}" stands for `source_tokens[source_lang]` (left out when
     the request gives no source language). `forced_tokens[target_lang]` is the first
-    token the decoder must produce (NLLB's "deu_Latn"). `moses_lang`: the language whose
-    Moses punctuation rules normalize the input first (OPUS-MT's); None: no rules."""
+    token the decoder must produce (NLLB's "deu_Latn"), or with `forced_start` the token it
+    starts from in place of config.bos_id (mBART-cc25's "ro_RO"): the target language
+    reaches the decoder either way, through the same per-request id. `moses_lang`: the
+    language whose Moses punctuation rules normalize the input first (OPUS-MT's); None:
+    no rules."""
 
     style: str = "sora"
     templates: dict[str, str] = field(default_factory=dict)
@@ -53,6 +58,7 @@ class Prompting:
     suffix: list[str] = field(default_factory=list)
     source_tokens: dict[str, str] = field(default_factory=dict)
     forced_tokens: dict[str, str] = field(default_factory=dict)
+    forced_start: bool = False
     # [source, target] ISO pairs served; used to infer a missing source language.
     language_pairs: list[list[str]] = field(default_factory=list)
     moses_lang: str | None = None
@@ -156,7 +162,8 @@ class Prompting:
         return ids
 
     def forced_ids(self, tokenizer: SoraTokenizer, target_lang: str | None) -> list[int]:
-        """The tokens the decoder must produce first for `target_lang` (none or one)."""
+        """The tokens the decoder must produce first for `target_lang` (none or one), or
+        with `forced_start` the one it starts from."""
         if not self.forced_tokens or target_lang is None:
             return []
         return [tokenizer.target_token_id(self._code(self.forced_tokens, target_lang,

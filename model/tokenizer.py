@@ -185,7 +185,8 @@ class SoraTokenizer:
 
     def forced_ids(self, task: str, target_lang: str | None) -> list[int]:
         """The tokens a model must generate first for this request (NLLB/M2M100's target
-        language code), which generation forces; usually none."""
+        language code), which generation forces, or the one it starts from (mBART-cc25's,
+        `Prompting.forced_start`); usually none."""
         if task != "translate":
             return []
         try:

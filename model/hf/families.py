@@ -88,6 +88,13 @@ def _tied(cfg: dict[str, Any], src: Source) -> bool:
     return head.shape == embed.shape and bool(torch.equal(head, embed))
 
 
+def _decoder_start(cfg: dict[str, Any]) -> int:
+    """decoder_start_token_id, else bos_token_id, as generate() falls back (mBART-cc25
+    leaves it unset: its decoder starts from the target's language code)."""
+    start = cfg.get("decoder_start_token_id")
+    return cfg["bos_token_id"] if start is None else int(start)
+
+
 def bart_like_config(cfg: dict[str, Any], src: Source, **arch: Any) -> SoraConfig:
     d = cfg["d_model"]
     return SoraConfig(
@@ -102,7 +109,7 @@ def bart_like_config(cfg: dict[str, Any], src: Source, **arch: Any) -> SoraConfi
         max_target_positions=cfg["max_position_embeddings"],
         activation=_activation(cfg.get("activation_function", "gelu")),
         pad_id=cfg["pad_token_id"],
-        bos_id=cfg["decoder_start_token_id"],
+        bos_id=_decoder_start(cfg),
         eos_id=cfg["eos_token_id"],
         tie_embeddings=_tied(cfg, src),
         scale_embeddings=bool(cfg.get("scale_embedding", False)),

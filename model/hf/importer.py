@@ -59,6 +59,8 @@ MBART = {
     "cs": "cs_CZ", "fi": "fi_FI", "pl": "pl_PL", "tr": "tr_TR", "sv": "sv_SE", "ko": "ko_KR",
     "hi": "hi_IN", "uk": "uk_UA",
 }
+# tokenizer_config.json's tokenizer_class of mBART-cc25 and its fine-tunes (mbart-large-en-ro).
+MBART_CC25_TOKENIZERS = ("MBartTokenizer", "MBartTokenizerFast")
 MARIAN_NAME = re.compile(r"opus-mt-([a-z]{2,3})-([a-z]{2,3})$")
 PICKLE_HELP = (
     "{path} holds only pickle weights (pytorch_model.bin), which can run code when loaded; "
@@ -201,11 +203,32 @@ def _marian_prompting(src: Path, name: str, cfg: dict[str, Any], tok: Tokenizer,
     return prompting, pairs
 
 
+def _code_after_text(src: Path) -> bool:
+    """Whether an mBART model reads `text </s> code` with its decoder starting from the
+    target's code (mBART-cc25 and its fine-tunes, MBartTokenizer), not `code text </s>`
+    with the target's code forced first (mBART-50, MBart50Tokenizer).
+    tokenizer_config.json's tokenizer_class says which; without it, whether tokenizer.json's
+    post-processor puts a language code after the text; without either, mBART-50."""
+    info = src / "tokenizer_config.json"
+    tokenizer_class = _read_json(info).get("tokenizer_class") if info.is_file() else None
+    if tokenizer_class:
+        return tokenizer_class in MBART_CC25_TOKENIZERS
+    template = (_read_json(src / "tokenizer.json").get("post_processor") or {}).get("single")
+    text_seen = False
+    for piece in template or []:
+        text_seen = text_seen or "Sequence" in piece
+        if text_seen and piece.get("SpecialToken", {}).get("id") in MBART.values():
+            return True
+    return False
+
+
 def _language_code_prompting(
-    tok: Tokenizer, eos: str, pairs: list[list[str]] | None
+    tok: Tokenizer, eos: str, pairs: list[list[str]] | None, code_after: bool = False
 ) -> tuple[Prompting, list[list[str]]]:
     """M2M100 (`__de__`), NLLB (`deu_Latn`) and mBART-50 (`de_DE`): `[source code] text
-    </s>`, the target code forced as the first output token. Languages: the ISO codes
+    </s>`, the target code forced as the first output token; mBART-cc25 (`code_after`):
+    `text </s> [source code]`, the decoder starting from the target code (what
+    MBartTokenizer builds and its decoder_start_token_id does). Languages: the ISO codes
     whose code the vocabulary has; any pair of them unless the user gives pairs."""
     vocab = tok.get_vocab()
     codes = {iso: code for iso, code in NLLB.items() if code in vocab} or \
@@ -216,8 +239,11 @@ def _language_code_prompting(
         raise HFImportError("the tokenizer has no language codes (__de__, deu_Latn or de_DE)")
     if pairs is None:
         pairs = [[s, t] for s in sorted(codes) for t in sorted(codes) if s != t]
-    return Prompting(style="text", templates={"translate": "{text}"}, prefix=["{source}"],
-                     suffix=[eos], source_tokens=codes, forced_tokens=codes), pairs
+    layout: dict[str, Any] = {"prefix": ["{source}"], "suffix": [eos]}
+    if code_after:
+        layout = {"suffix": [eos, "{source}"], "forced_start": True}
+    return Prompting(style="text", templates={"translate": "{text}"}, source_tokens=codes,
+                     forced_tokens=codes, **layout), pairs
 
 
 def _token(tok: Tokenizer, cfg: dict[str, Any], key: str) -> str:
@@ -235,7 +261,8 @@ def _infer(family: Family, src: Path, name: str, cfg: dict[str, Any], tok: Token
     if family.architecture == "marian":
         return _marian_prompting(src, name, cfg, tok, pairs)
     if family.architecture in ("m2m100", "mbart"):
-        return _language_code_prompting(tok, eos, pairs)
+        code_after = family.architecture == "mbart" and _code_after_text(src)
+        return _language_code_prompting(tok, eos, pairs, code_after)
     if family.architecture == "t5":
         return (Prompting(style="text", templates=dict(T5_TEMPLATES), suffix=[eos]),
                 pairs if pairs is not None else T5_PAIRS)
@@ -261,6 +288,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     src_weights = Source(load_weights(src, allow_pickle))
     try:
         config = family.config(cfg, src_weights)
+        config = replace(config, forced_eos=_forced_eos(src, cfg, config.eos_id))
     except (KeyError, ConfigError) as e:
         raise HFImportError(f"{src / 'config.json'}: cannot map to a Sora model: {e}") from e
     if family.architecture == "marian":
@@ -317,6 +345,20 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
         },
     }
     return save_checkpoint(out, model, tokenizer, dtype=dtype, info=info)
+
+
+def _forced_eos(src: Path, cfg: dict[str, Any], eos_id: int) -> bool:
+    """Whether generate() ends every length-limited output with eos: forced_eos_token_id
+    in generation_config.json (which transformers reads over config.json), or in
+    config.json where that file is absent. Only the model's own eos is supported."""
+    path = src / "generation_config.json"
+    forced = (_read_json(path) if path.is_file() else cfg).get("forced_eos_token_id")
+    if forced is None:
+        return False
+    if forced not in (eos_id, [eos_id]):
+        raise HFImportError(f"forced_eos_token_id {forced!r} is not the eos token ({eos_id}): "
+                            "not supported")
+    return True
 
 
 def _check_shapes(model: Sora, state: dict[str, torch.Tensor]) -> None:

@@ -102,8 +102,13 @@ def collate(
     bos_id: int,
     eos_id: int,
     index: list[int],
+    wrap_start: bool = False,
 ) -> Batch:
-    """Targets are bare token lists; decoder inputs get bos, labels get eos."""
+    """Targets are bare token lists; decoder inputs get bos, labels get eos. With
+    `wrap_start` (mBART-cc25) a target's first token is its decoder start token (the
+    target's language code) in place of bos, and closes its labels after eos: decoder
+    input `code text </s>`, labels `text </s> code`, as transformers' shift_tokens_right
+    makes them."""
     n = len(sources)
     src_len = max(len(s) for s in sources)
     tgt_len = max(len(t) for t in targets) + 1
@@ -113,6 +118,10 @@ def collate(
     for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
         src[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
         tt = torch.as_tensor(np.asarray(t, dtype=np.int64))
+        if wrap_start:
+            tgt[i, : len(t) + 1] = torch.cat([tt, tt.new_tensor([eos_id])])
+            labels[i, : len(t) + 1] = torch.cat([tt[1:], tt.new_tensor([eos_id]), tt[:1]])
+            continue
         tgt[i, 0] = bos_id
         tgt[i, 1 : len(t) + 1] = tt
         labels[i, : len(t)] = tt

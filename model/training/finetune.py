@@ -91,7 +91,8 @@ def _encode_prompted(
     """An imported model's examples: each source built by its prompting, exactly as
     serving builds it (a text prefix, a target-language token, ...), each target by its
     target-side tokenizer after the tokens generation forces first (NLLB's target
-    language code), so the model learns to continue from them."""
+    language code), so the model learns to continue from them, or (mBART-cc25) after the
+    decoder's start token, which `collate` wraps round (`PairData.wrap_start`)."""
     sources, tgts = [], []
     for r in records:
         text, target, tgt_lang, src_lang, context = _record_fields(r)
@@ -197,6 +198,7 @@ class PairData:
     bos_id: int
     eos_id: int
     world_size: int = 1
+    wrap_start: bool = False  # each target starts with its decoder start token (`collate`)
     _valid: dict[tuple[int, int], list[Batch]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -236,7 +238,7 @@ class PairData:
 
     def make_batch(self, rows: np.ndarray, epoch: int) -> Batch:
         return collate([self.train.src[i] for i in rows], [self.train.tgt[i] for i in rows],
-                       self.pad_id, self.bos_id, self.eos_id, rows.tolist())
+                       self.pad_id, self.bos_id, self.eos_id, rows.tolist(), self.wrap_start)
 
     def valid_batches(self, rank: int, world_size: int) -> list[Batch]:
         if (rank, world_size) not in self._valid:
@@ -247,7 +249,7 @@ class PairData:
                                            min_rows=world_size)
             self._valid[(rank, world_size)] = [
                 collate([v.src[i] for i in b], [v.tgt[i] for i in b], self.pad_id,
-                        self.bos_id, self.eos_id, b.tolist())
+                        self.bos_id, self.eos_id, b.tolist(), self.wrap_start)
                 for b in (shard(rows, rank, world_size) for rows in batches)
             ]
         return self._valid[(rank, world_size)]

@@ -236,9 +236,11 @@ def _stage_data(run: Run, stage: str, tokenizer: SoraTokenizer, config: SoraConf
                                      r.max_target_len, cache, run.dist)
     valid = finetune.cached_examples(tokenizer, data_dir, "valid", tasks, r.max_source_len,
                                      r.max_target_len, cache, run.dist, limit=s.valid_examples)
-    # The model's own ids: its decoder starts from config.bos_id, whatever the tokenizer.
+    # The model's own ids: its decoder starts from config.bos_id, whatever the tokenizer,
+    # or from each target's language code (mBART-cc25).
     return finetune.PairData(train, valid, dict(s.mixture), s.batch_tokens, r.seed + 1,
-                             config.pad_id, config.bos_id, config.eos_id, run.dist.world_size)
+                             config.pad_id, config.bos_id, config.eos_id, run.dist.world_size,
+                             wrap_start=tokenizer.prompting.forced_start)
 
 
 def _quick_bleu(run: Run, tokenizer: SoraTokenizer, n: int) -> finetune.QuickBleu:

@@ -61,7 +61,9 @@ class Sequence:
     index: int  # position within the job's output
     source_ids: list[int]
     params: DecodingParams
-    forced: int | None = None  # the token the output must start with (NLLB's target code)
+    # The token the output must start with (NLLB's target code), or the decoder's start
+    # token where the prompting says so (mBART-cc25's, `Prompting.forced_start`).
+    forced: int | None = None
     status: Status = Status.WAITING
     token_ids: list[int] = field(default_factory=list)
     text: str = ""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.generation import BeamSearch, force_first, pad_batch
+from model.generation import BeamSearch, decoder_start, force_eos, force_tokens, pad_batch
 from model.sampling import SamplingBatch, choose, constrain
 from model.sora import Sora
 from model.tokenizer import IncrementalDetokenizer, SoraTokenizer
@@ -52,11 +52,13 @@ class ModelRunner:
         if any(s.forced is not None for s in seqs):
             forced = torch.tensor([-1 if s.forced is None else s.forced for s in row_seqs],
                                   device=self.device)
+        tokens, forced = decoder_start(cfg.bos_id, n, self.device, forced,
+                                       self.tokenizer.prompting.forced_start)
         return RunningBatch(
             seqs=list[Sequence | None](row_seqs),  # rows may be parked later
             cache=cache,
             sampling=SamplingBatch.from_params([s.params for s in row_seqs], self.device),
-            tokens=torch.full((n,), cfg.bos_id, dtype=torch.long, device=self.device),
+            tokens=tokens,
             generated=torch.full((n, width), cfg.pad_id, dtype=torch.long, device=self.device),
             n_generated=torch.zeros(n, dtype=torch.long, device=self.device),
             logprob=torch.zeros(n, device=self.device),
@@ -77,8 +79,12 @@ class ModelRunner:
         if batch.forced is not None:
             # Rows at their first step that must start with a given token (as generate()
             # forces it, beams included); after this step no row is at its first.
-            logits = force_first(logits, batch.forced)
+            logits = force_tokens(logits, batch.forced)
             batch.forced = None
+        if self.model.config.forced_eos:  # rows at their last allowed step can only end
+            sampling = batch.sampling
+            at_limit = (batch.n_generated == sampling.max_new_tokens - 1) & ~sampling.ignore_eos
+            logits = force_eos(logits, at_limit, self.eos_id)
         tokens, lp = choose(logits, batch.sampling)
         beam_rows = self._beam_step(batch, logits, tokens)
         batch.generated.scatter_(1, batch.n_generated[:, None], tokens[:, None])

@@ -8,7 +8,7 @@ arrives can run code, and json is implemented in C, so a step's events cost one
 server -> core: ["requests", [request, ...]] | ["drain", timeout_s]
   a request:    ["submit", key, task, protocol, priority, deadline, arrival, stream,
                  params, sources, forced] | ["cancel", key]
-  (forced: the token every output must start with, or null)
+  (forced: the token every output must start with or, mBART-cc25, starts from; or null)
 core -> server: ["ready", info] | ["failed", message] | ["stopped"] | ["events", [...]]
   an event:     ["delta", key, index, text, tokens] | ["done", key, index, status,
                  token_ids, logprob, text, candidates] | ["error", key, code, message, field,

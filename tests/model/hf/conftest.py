@@ -143,15 +143,20 @@ def save_marian_separate(path: Path) -> Path:
 SEPARATE_STD, SEPARATE_EOS_BIAS = 0.6, 4.3  # a mix of ended and cut-off outputs
 
 
-def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
-    """A Unigram tokenizer.json as T5's fast tokenizer has one (Metaspace, specials
-    first): whole words of the test sentences and every character, with fixed scores
-    (deterministic, unlike training)."""
+def unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
+    """Specials first, then whole words of the test sentences and every character, with
+    fixed scores (deterministic, unlike training)."""
     words = sorted({w for line in [*ENGLISH, *GERMAN, *T5_WORDS] for w in line.split()})
     chars = sorted({c for w in words for c in w})
     vocab = [(t, 0.0) for t in specials]
     vocab += [(f"▁{w}", -float(len(w))) for w in words]
-    vocab += [(c, -10.0) for c in chars] + [("▁", -10.0)]
+    return vocab + [(c, -10.0) for c in chars] + [("▁", -10.0)]
+
+
+def sentencepiece_like_tokenizer(specials: list[str]) -> Tokenizer:
+    """A Unigram tokenizer.json as T5's fast tokenizer has one (Metaspace, specials
+    first) over `unigram_vocab`."""
+    vocab = unigram_vocab(specials)
     tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index("<unk>")))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -191,12 +196,14 @@ FAIRSEQ_SHAPE = {
 }
 
 
-def save_bart(path: Path) -> Path:
+def save_bart(path: Path, forced_eos: bool = False) -> Path:
+    """BART; `forced_eos`: with BART-large-cnn's forced_eos_token_id (eos)."""
     path.mkdir()
     tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>"])
     tok.save(str(path / "tokenizer.json"))
     config = transformers.BartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
-                                     forced_bos_token_id=None, forced_eos_token_id=None)
+                                     forced_bos_token_id=None,
+                                     forced_eos_token_id=2 if forced_eos else None)
     return save_random(path, transformers.BartForConditionalGeneration, config,
                        seed=3, std=BART_STD, eos_bias=BART_EOS_BIAS)
 
@@ -234,6 +241,20 @@ def save_mbart(path: Path) -> Path:
                        seed=5, std=MBART_STD, eos_bias=MBART_EOS_BIAS)
 
 
+def save_mbart_cc25(path: Path) -> Path:
+    """mBART-cc25's layout (`text </s> src_code`, the decoder starting from the target's
+    code), its tokenizer saved by transformers' own MBartTokenizer (tokenizer.json and a
+    tokenizer_config.json naming the class); decoder_start_token_id unset, as cc25's."""
+    tok = transformers.MBartTokenizer(vocab=unigram_vocab(["<s>", "<pad>", "</s>", "<unk>"]),
+                                      src_lang="en_XX", tgt_lang="de_DE")
+    tok.save_pretrained(path)
+    shape = {**FAIRSEQ_SHAPE, "decoder_start_token_id": None}
+    config = transformers.MBartConfig(vocab_size=len(tok), **shape, scale_embedding=True,
+                                      forced_eos_token_id=None)
+    return save_random(path, transformers.MBartForConditionalGeneration, config,
+                       seed=6, std=MBART_STD, eos_bias=MBART_EOS_BIAS)
+
+
 # name -> (directory name, save function, transformers model class)
 MODELS: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "marian": ("opus-mt-en-de", lambda p: save_marian(p, multilingual=False), "MarianMTModel"),
@@ -243,8 +264,11 @@ MODELS: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "t5": ("t5-tiny", lambda p: save_t5(p, gated=False), "T5ForConditionalGeneration"),
     "flan": ("flan-t5-tiny", lambda p: save_t5(p, gated=True), "T5ForConditionalGeneration"),
     "bart": ("bart-tiny", save_bart, "BartForConditionalGeneration"),
+    "bart_cnn": ("bart-cnn-tiny", lambda p: save_bart(p, forced_eos=True),
+                 "BartForConditionalGeneration"),
     "nllb": ("nllb-tiny", save_nllb, "M2M100ForConditionalGeneration"),
     "mbart": ("mbart-tiny", save_mbart, "MBartForConditionalGeneration"),
+    "mbart_cc25": ("mbart-cc25-tiny", save_mbart_cc25, "MBartForConditionalGeneration"),
 }
 
 

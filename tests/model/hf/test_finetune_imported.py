@@ -1,7 +1,8 @@
 """Fine-tuning imported models (`init_from`): tiny OPUS-MT-style Marian checkpoints (bare
 text in, a target-side tokenizer of their own; one with separate source and target
 vocabularies and embeddings), a tiny T5 (a "translate English to German:"
-prefix) and a tiny NLLB (language codes, the target's forced first) are trained on the
+prefix), a tiny NLLB (language codes, the target's forced first) and a tiny mBART-cc25
+(the target's code the decoder's start, wrapped round to close the labels) are trained on the
 user's parallel TSV in their own input formats; their loss falls, they keep their
 declaration and format, and they serve."""
 
@@ -29,7 +30,7 @@ from tests.model.hf.conftest import ENGLISH, GERMAN
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module", params=["marian", "marian_sep", "t5", "nllb"])
+@pytest.fixture(scope="module", params=["marian", "marian_sep", "t5", "nllb", "mbart_cc25"])
 def imported(request: pytest.FixtureRequest) -> Checkpoint:
     return request.getfixturevalue(request.param)
 
