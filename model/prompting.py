@@ -62,6 +62,9 @@ class Prompting:
     # [source, target] ISO pairs served; used to infer a missing source language.
     language_pairs: list[list[str]] = field(default_factory=list)
     moses_lang: str | None = None
+    # The token every output starts with where no language code is forced (BART-large-cnn's
+    # "<s>", transformers' forced_bos_token_id); None: none.
+    forced_first: str | None = None
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -79,8 +82,9 @@ class Prompting:
     def to_dict(self) -> dict[str, Any]:
         spec = asdict(self)
         spec.pop("language_pairs")  # the manifest keeps them at top level
-        if self.moses_lang is None:  # manifests from before it stay as they were
-            spec.pop("moses_lang")
+        for key in ("moses_lang", "forced_first"):  # manifests from before them stay as
+            if spec[key] is None:  # they were
+                spec.pop(key)
         return spec
 
     def needs_source(self, task: str, target_lang: str | None) -> bool:

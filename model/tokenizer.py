@@ -185,14 +185,18 @@ class SoraTokenizer:
 
     def forced_ids(self, task: str, target_lang: str | None) -> list[int]:
         """The tokens a model must generate first for this request (NLLB/M2M100's target
-        language code), which generation forces, or the one it starts from (mBART-cc25's,
+        language code, else BART-large-cnn's `<s>`: `Prompting.forced_first`), which
+        generation forces, or the one it starts from (mBART-cc25's,
         `Prompting.forced_start`); usually none."""
-        if task != "translate":
-            return []
-        try:
-            return self.prompting.forced_ids(self, target_lang)
-        except PromptError as e:
-            raise TokenizerError(str(e)) from e
+        if task == "translate":
+            try:
+                ids = self.prompting.forced_ids(self, target_lang)
+            except PromptError as e:
+                raise TokenizerError(str(e)) from e
+            if ids:
+                return ids
+        first = self.prompting.forced_first
+        return [self.target_token_id(first)] if first is not None else []
 
     def sora_source_ids(
         self,

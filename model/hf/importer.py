@@ -303,6 +303,7 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     prompting = replace(prompting, templates={**prompting.templates, **over.templates},
                         target_tokens={**prompting.target_tokens, **over.target_tokens},
                         language_pairs=pairs)
+    prompting = replace(prompting, forced_first=_forced_first(src, cfg, prompting, target or tok))
     tasks = over.tasks or sorted(prompting.templates)
     missing = sorted(set(tasks) - set(prompting.templates))
     if missing:
@@ -347,12 +348,30 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     return save_checkpoint(out, model, tokenizer, dtype=dtype, info=info)
 
 
-def _forced_eos(src: Path, cfg: dict[str, Any], eos_id: int) -> bool:
-    """Whether generate() ends every length-limited output with eos: forced_eos_token_id
-    in generation_config.json (which transformers reads over config.json), or in
-    config.json where that file is absent. Only the model's own eos is supported."""
+def _generation_setting(src: Path, cfg: dict[str, Any], key: str) -> Any:
+    """`key` from generation_config.json (which transformers reads over config.json), or
+    from config.json where that file is absent."""
     path = src / "generation_config.json"
-    forced = (_read_json(path) if path.is_file() else cfg).get("forced_eos_token_id")
+    return (_read_json(path) if path.is_file() else cfg).get(key)
+
+
+def _forced_first(src: Path, cfg: dict[str, Any], prompting: Prompting,
+                  target: Tokenizer) -> str | None:
+    """The token generate() forces first on every output (forced_bos_token_id: BART-large-
+    cnn's <s>). Models that force a language code per request (NLLB, mBART) keep theirs."""
+    forced = _generation_setting(src, cfg, "forced_bos_token_id")
+    if forced is None or prompting.forced_tokens:
+        return None
+    token = target.id_to_token(forced) if isinstance(forced, int) else None
+    if token is None:
+        raise HFImportError(f"forced_bos_token_id {forced!r} is not a token of the tokenizer")
+    return str(token)
+
+
+def _forced_eos(src: Path, cfg: dict[str, Any], eos_id: int) -> bool:
+    """Whether generate() ends every length-limited output with eos (forced_eos_token_id).
+    Only the model's own eos is supported."""
+    forced = _generation_setting(src, cfg, "forced_eos_token_id")
     if forced is None:
         return False
     if forced not in (eos_id, [eos_id]):

@@ -196,16 +196,21 @@ FAIRSEQ_SHAPE = {
 }
 
 
-def save_bart(path: Path, forced_eos: bool = False) -> Path:
-    """BART; `forced_eos`: with BART-large-cnn's forced_eos_token_id (eos)."""
+def save_bart(path: Path, forced: bool = False) -> Path:
+    """BART; `forced`: with BART-large-cnn's forced_bos_token_id (<s>) and
+    forced_eos_token_id (eos)."""
     path.mkdir()
     tok = sentencepiece_like_tokenizer(["<s>", "<pad>", "</s>", "<unk>"])
     tok.save(str(path / "tokenizer.json"))
     config = transformers.BartConfig(vocab_size=tok.get_vocab_size(), **FAIRSEQ_SHAPE,
                                      forced_bos_token_id=None,
-                                     forced_eos_token_id=2 if forced_eos else None)
-    return save_random(path, transformers.BartForConditionalGeneration, config,
-                       seed=3, std=BART_STD, eos_bias=BART_EOS_BIAS)
+                                     forced_eos_token_id=2 if forced else None)
+    save_random(path, transformers.BartForConditionalGeneration, config,
+                seed=3, std=BART_STD, eos_bias=BART_EOS_BIAS)
+    if forced:  # save_pretrained leaves forced_bos_token_id out; the hub's files have it
+        generation = json.loads((path / "generation_config.json").read_text())
+        write_json(path / "generation_config.json", {**generation, "forced_bos_token_id": 0})
+    return path
 
 
 BART_STD, BART_EOS_BIAS = 0.3, 2.0  # a mix of ended and cut-off outputs
@@ -264,7 +269,7 @@ MODELS: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "t5": ("t5-tiny", lambda p: save_t5(p, gated=False), "T5ForConditionalGeneration"),
     "flan": ("flan-t5-tiny", lambda p: save_t5(p, gated=True), "T5ForConditionalGeneration"),
     "bart": ("bart-tiny", save_bart, "BartForConditionalGeneration"),
-    "bart_cnn": ("bart-cnn-tiny", lambda p: save_bart(p, forced_eos=True),
+    "bart_cnn": ("bart-cnn-tiny", lambda p: save_bart(p, forced=True),
                  "BartForConditionalGeneration"),
     "nllb": ("nllb-tiny", save_nllb, "M2M100ForConditionalGeneration"),
     "mbart": ("mbart-tiny", save_mbart, "MBartForConditionalGeneration"),

@@ -1,6 +1,7 @@
-"""forced_eos_token_id (BART-large-cnn): an output that reaches max_new_tokens ends with
-eos, as transformers' ForcedEOSTokenLogitsProcessor makes it, greedy, beam, sampling and
-in the engine."""
+"""forced_bos_token_id and forced_eos_token_id (BART-large-cnn): every output starts
+with <s>, and one that reaches max_new_tokens ends with eos, as transformers'
+ForcedBOS/ForcedEOSTokenLogitsProcessor make them, greedy, beam, sampling and in the
+engine."""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ TEXTS = ["the cat sat on the mat", "we like tea", "my brother plays music in the
 LIMIT = 8
 
 
-def test_the_importer_records_it(bart_cnn: Checkpoint, bart: Checkpoint) -> None:
+def test_the_importer_records_them(bart_cnn: Checkpoint, bart: Checkpoint) -> None:
     assert bart_cnn.model.config.forced_eos and not bart.model.config.forced_eos
+    assert bart_cnn.manifest["prompting"]["forced_first"] == "<s>"
+    assert "forced_first" not in bart.manifest["prompting"]
+    bos = bart_cnn.tokenizer.token_id("<s>")
+    assert bart_cnn.tokenizer.forced_ids("summarize", None) == [bos]
+    assert bart.tokenizer.forced_ids("summarize", None) == []
 
 
 def summaries(ckpt: Checkpoint) -> list[list[int]]:
@@ -37,15 +43,17 @@ def test_generation_matches_alone_and_batched(
 ) -> None:
     cfg = bart_cnn.model.config
     src = summaries(bart_cnn)
-    expected = hf_generate(bart_cnn_hf, src, cfg.pad_id, cfg.eos_id, LIMIT, beams)
-    assert sora_generate(bart_cnn, src, LIMIT, beams) == expected
+    [bos] = bart_cnn.tokenizer.forced_ids("summarize", None)
+    expected = hf_generate(bart_cnn_hf, src, cfg.pad_id, cfg.eos_id, LIMIT, beams, forced=bos)
+    assert all(e[0] == bos for e in expected)
+    assert sora_generate(bart_cnn, src, LIMIT, beams, forced=bos) == expected
     # Outputs that reach the limit end one token early, with eos; without forcing
     # (the same weights, imported without it) they would run to the limit.
     assert LIMIT - 1 in {len(e) for e in expected}
     assert LIMIT not in {len(e) for e in expected}
     assert LIMIT in {len(o) for o in sora_generate(bart, src, LIMIT, beams)}
     for one, want in zip(src, expected, strict=True):
-        assert sora_generate(bart_cnn, [one], LIMIT, beams) == [want]
+        assert sora_generate(bart_cnn, [one], LIMIT, beams, forced=bos) == [want]
 
 
 def test_sampling_ends_every_output(bart_cnn: Checkpoint) -> None:
