@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model.device as device_module
 from model.device import compile_skipped, prepare_for_inference
 from model.generation import generate
-from model.layers import OneDNNLinear, onednn_linear
+from model.layers import OneDNNLinear
 from model.sampling import DecodingParams
 from model.sora import Sora
 from model.tokenizer import SoraTokenizer
@@ -195,7 +196,17 @@ def test_onednn_on_non_intel_cpus(
     kinds = {type(m) for m in model.decoder_layers.modules() if isinstance(m, torch.nn.Linear)}
     onednn = not intel and torch.backends.mkldnn.is_available()
     assert kinds == ({OneDNNLinear} if onednn else {torch.nn.Linear})
-    assert (model._output_linear is onednn_linear) == onednn
+    assert (model._output_linear is not F.linear) == onednn
+    if onednn:  # on a packed copy of the weight, packed again when the weight changes
+        layer = model.decoder_layers[0].ffn.up
+        x = torch.randn(3, layer.in_features)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        with torch.no_grad():
+            layer.weight.mul_(2)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        twin = copy.deepcopy(model).decoder_layers[0].ffn.up
+        assert twin.onednn.packed is None
+        torch.testing.assert_close(twin(x), F.linear(x, layer.weight, layer.bias))
 
 
 def test_where_background_compiling_applies(monkeypatch: pytest.MonkeyPatch) -> None:
