@@ -257,9 +257,9 @@ def _infer(family: Family, src: Path, name: str, cfg: dict[str, Any], tok: Token
            pairs: list[list[str]] | None) -> tuple[Prompting, list[list[str]]]:
     """The family's own prompting and language pairs (pairs: the user's, if given; name:
     the directory's or hub id's, which names a Marian model's pair)."""
-    eos = _token(tok, cfg, "eos_token_id")
     if family.architecture == "marian":
         return _marian_prompting(src, name, cfg, tok, pairs)
+    eos = _token(tok, cfg, "eos_token_id")
     if family.architecture in ("m2m100", "mbart"):
         code_after = family.architecture == "mbart" and _code_after_text(src)
         return _language_code_prompting(tok, eos, pairs, code_after)
