@@ -246,10 +246,10 @@ def _language_code_prompting(
                      forced_tokens=codes, **layout), pairs
 
 
-def _token(tok: Tokenizer, cfg: dict[str, Any], key: str) -> str:
+def _token(tok: Tokenizer, cfg: dict[str, Any], key: str, where: str = "config.json") -> str:
     token = tok.id_to_token(cfg[key]) if isinstance(cfg.get(key), int) else None
     if token is None:
-        raise HFImportError(f"config.json {key} {cfg.get(key)!r} is not a token of the tokenizer")
+        raise HFImportError(f"{where} {key} {cfg.get(key)!r} is not a token of the tokenizer")
     return str(token)
 
 
@@ -348,30 +348,27 @@ def import_hf(src: str | Path, out: str | Path, *, allow_pickle: bool = False,
     return save_checkpoint(out, model, tokenizer, dtype=dtype, info=info)
 
 
-def _generation_setting(src: Path, cfg: dict[str, Any], key: str) -> Any:
-    """`key` from generation_config.json (which transformers reads over config.json), or
-    from config.json where that file is absent."""
+def _generation_settings(src: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json (which transformers reads over config.json), or config.json
+    where that file is absent."""
     path = src / "generation_config.json"
-    return (_read_json(path) if path.is_file() else cfg).get(key)
+    return _read_json(path) if path.is_file() else cfg
 
 
 def _forced_first(src: Path, cfg: dict[str, Any], prompting: Prompting,
                   target: Tokenizer) -> str | None:
     """The token generate() forces first on every output (forced_bos_token_id: BART-large-
     cnn's <s>). Models that force a language code per request (NLLB, mBART) keep theirs."""
-    forced = _generation_setting(src, cfg, "forced_bos_token_id")
-    if forced is None or prompting.forced_tokens:
+    settings = _generation_settings(src, cfg)
+    if settings.get("forced_bos_token_id") is None or prompting.forced_tokens:
         return None
-    token = target.id_to_token(forced) if isinstance(forced, int) else None
-    if token is None:
-        raise HFImportError(f"forced_bos_token_id {forced!r} is not a token of the tokenizer")
-    return str(token)
+    return _token(target, settings, "forced_bos_token_id", "the generation settings'")
 
 
 def _forced_eos(src: Path, cfg: dict[str, Any], eos_id: int) -> bool:
     """Whether generate() ends every length-limited output with eos (forced_eos_token_id).
     Only the model's own eos is supported."""
-    forced = _generation_setting(src, cfg, "forced_eos_token_id")
+    forced = _generation_settings(src, cfg).get("forced_eos_token_id")
     if forced is None:
         return False
     if forced not in (eos_id, [eos_id]):
